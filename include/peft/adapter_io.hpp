@@ -1,0 +1,207 @@
+#pragma once
+/// \file adapter_io.hpp
+/// Adapters on disk in Hugging Face PEFT's layout:
+///
+///     dir/adapter_config.json           config of adapter "default" (PEFT's field names)
+///     dir/adapter_model.safetensors     base_model.model.<module>.lora_A.weight, ... (metadata format=pt)
+///     dir/<name>/...                    any other adapter, in a subfolder named after it
+///
+///     peft::save_adapter(*model, "out/adapter");                 // every adapter of the model
+///     peft::load_adapter(*fresh, "out/adapter");                 // as "default", frozen (inference)
+///     peft::load_adapter(*fresh, "out/adapter", "task_b", true); // another name, trainable
+///
+/// Loading validates the config, the file and every tensor against the model before it changes
+/// anything: a failed load leaves the model exactly as it was.
+
+#include <peft/bitfit.hpp>
+#include <peft/detail/atomic_file.hpp>
+#include <peft/lora.hpp>
+#include <peft/model.hpp>
+#include <peft/safetensors.hpp>
+
+#include <torch/utils.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace peft {
+
+inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
+inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
+/// Prefix PEFT puts before module paths in adapter files.
+inline constexpr const char* kKeyPrefix = "base_model.model.";
+
+using ConfigParser = std::function<std::shared_ptr<AdapterConfig>(const nlohmann::ordered_json&, const std::string&)>;
+
+/// peft_type -> parser. Methods register themselves here; LORA and BITFIT are built in.
+inline std::map<std::string, ConfigParser>& config_parsers() {
+  static std::map<std::string, ConfigParser> parsers = {
+      {"LORA", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<LoraConfig>(LoraConfig::from_json(j, src));
+       }},
+      {"BITFIT", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<BitFitConfig>(BitFitConfig::from_json(j, src));
+       }},
+  };
+  return parsers;
+}
+
+/// Parses an adapter config object (as found in adapter_config.json).
+inline std::shared_ptr<AdapterConfig> config_from_json(const nlohmann::ordered_json& j, const std::string& source) {
+  if (!j.is_object()) throw ConfigError("'" + source + "': expected a JSON object, received " + std::string(j.type_name()));
+  auto it = j.find("peft_type");
+  if (it == j.end() || !it->is_string()) throw ConfigError("'" + source + "': missing string field 'peft_type'");
+  auto& parsers = config_parsers();
+  auto p = parsers.find(it->get<std::string>());
+  if (p == parsers.end()) {
+    std::string known;
+    for (const auto& [k, v] : parsers) known += (known.empty() ? "" : ", ") + k;
+    throw ConfigError("'" + source + "': peft_type '" + it->get<std::string>() + "' is not supported (expected one of " + known + ")");
+  }
+  auto cfg = p->second(j, source);
+  try {
+    cfg->validate();
+  } catch (const ConfigError& e) {
+    throw ConfigError("'" + source + "': " + e.message());
+  }
+  return cfg;
+}
+
+/// Reads dir/adapter_config.json.
+inline std::shared_ptr<AdapterConfig> read_adapter_config(const std::filesystem::path& dir) {
+  const auto path = (dir / kAdapterConfigFile).string();
+  std::ifstream in(path);
+  if (!in) throw IoError("cannot open '" + path + "'");
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError("'" + path + "' is not valid JSON: " + e.what());
+  }
+  return config_from_json(j, path);
+}
+
+namespace detail {
+
+/// The adapter's tensors as they go to the file: key -> tensor.
+inline torch::OrderedDict<std::string, at::Tensor> adapter_state(ModelRef model, const std::string& adapter,
+                                                                 const AdapterConfig& cfg) {
+  torch::OrderedDict<std::string, at::Tensor> out("tensor");
+  for (const auto& s : tunable_slots(model))
+    if (auto* t = s.slot->adapter(adapter))
+      for (const auto& [suffix, tensor] : t->adapter_tensors())
+        out.insert(kKeyPrefix + (s.name.empty() ? suffix : s.name + "." + suffix), tensor);
+  for (const auto& [k, p] : extra_trainables(model, cfg, adapter)) out.insert(kKeyPrefix + k, p);
+  return out;
+}
+
+}  // namespace detail
+
+/// The adapter's tensors keyed as in adapter_model.safetensors.
+inline torch::OrderedDict<std::string, at::Tensor> get_adapter_state_dict(ModelRef model,
+                                                                          const std::string& adapter = "default") {
+  auto cfg = adapter_config(model, adapter);
+  if (!cfg) throw StateError("no adapter named '" + adapter + "' in the model");
+  return detail::adapter_state(model, adapter, *cfg);
+}
+
+/// Saves adapters (default: all of them) in PEFT's layout; "default" goes to `dir`, others to
+/// `dir/<name>`. Each file is replaced atomically.
+inline void save_adapter(ModelRef model, const std::filesystem::path& dir,
+                         std::vector<std::string> adapters = {}) {
+  if (adapters.empty()) adapters = adapter_names(model);
+  if (adapters.empty()) throw StateError("the model has no adapter to save");
+  for (const auto& name : adapters) {
+    auto cfg = adapter_config(model, name);
+    if (!cfg) throw StateError("no adapter named '" + name + "' in the model (adapters: " + detail::join(adapter_names(model)) + ")");
+    const auto out = name == "default" ? dir : dir / name;
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    if (ec) throw IoError("cannot create directory '" + out.string() + "': " + ec.message());
+    auto state = detail::adapter_state(model, name, *cfg);
+    save_safetensors((out / kAdapterWeightsFile).string(), state, {{"format", "pt"}});
+    auto j = cfg->to_json();
+    detail::atomic_write(out / kAdapterConfigFile, [&](detail::FileSink& sink) { sink.write(j.dump(2) + "\n"); });
+  }
+}
+
+/// Loads the adapter in `dir` (as PEFT writes it) under `adapter`. With `trainable` false (PEFT's
+/// default), the adapter is frozen (inference_mode). The first adapter of a model becomes active.
+inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& dir,
+                                 const std::string& adapter = "default", bool trainable = false) {
+  auto cfg = read_adapter_config(dir);
+  {
+    auto j = cfg->to_json();
+    j["inference_mode"] = !trainable;
+    cfg = config_from_json(j, (dir / kAdapterConfigFile).string());
+  }
+  const auto wpath = (dir / kAdapterWeightsFile).string();
+  SafetensorsFile file(wpath);
+
+  std::shared_ptr<const AdapterConfig> shared = cfg;
+  auto plan = detail::plan_tuners(model, shared, adapter);
+
+  // Everything the file must hold, with the tensor each goes to.
+  struct Dest {
+    at::Tensor target;
+    std::string owner;  // module path or description for messages
+  };
+  std::vector<std::pair<std::string, Dest>> expected;
+  for (const auto& [s, tuner] : plan)
+    for (const auto& [suffix, t] : dynamic_cast<Tuner&>(*tuner).adapter_tensors())
+      expected.emplace_back(kKeyPrefix + (s.name.empty() ? suffix : s.name + "." + suffix), Dest{t, s.name});
+  for (const auto& [k, p] : detail::extra_trainables(model, *cfg, adapter)) expected.emplace_back(kKeyPrefix + k, Dest{p, k});
+  // "<method>_only" biases belong to the slots that get the adapter, which are not attached yet.
+  if (cfg->bias_mode() != "none" && cfg->bias_mode() != "all")
+    for (const auto& [s, tuner] : plan)
+      if (s.slot->base_weights().bias.defined())
+        expected.emplace_back(kKeyPrefix + (s.name.empty() ? std::string("bias") : s.name + ".bias"), Dest{s.slot->base_weights().bias, s.name});
+
+  std::vector<std::string> problems;
+  std::set<std::string> used;
+  for (const auto& [key, d] : expected) {
+    if (!used.insert(key).second) continue;
+    if (!file.contains(key)) {
+      problems.push_back("missing tensor '" + key + "' (expected shape " + detail::shape_str(d.target.sizes().vec()) +
+                         " for module '" + d.owner + "')");
+      continue;
+    }
+    const auto& info = file.info(key);
+    if (info.shape != d.target.sizes().vec())
+      problems.push_back("tensor '" + key + "': expected shape " + detail::shape_str(d.target.sizes().vec()) +
+                         ", received " + detail::shape_str(info.shape) +
+                         (key.find("lora_") != std::string::npos ? " (rank from adapter_config.json does not match?)" : ""));
+    else if (info.dtype != DType::F32 && info.dtype != DType::F16 && info.dtype != DType::BF16 && info.dtype != DType::F64)
+      problems.push_back("tensor '" + key + "': expected a floating dtype, received " + dtype_name(info.dtype));
+  }
+  for (const auto& info : file.infos())
+    if (!used.count(info.name))
+      problems.push_back("unexpected tensor '" + info.name + "' " + detail::shape_str(info.shape) +
+                         " (no targeted module of the model takes it)");
+  if (!problems.empty()) {
+    std::string msg = "adapter '" + dir.string() + "' does not fit the model (nothing was loaded):";
+    for (std::size_t i = 0; i < problems.size() && i < 20; ++i) msg += "\n  - " + problems[i];
+    if (problems.size() > 20) msg += "\n  - ... and " + std::to_string(problems.size() - 20) + " more";
+    throw AdapterError(msg);
+  }
+
+  // Read and convert everything first, then write into the (still detached) tuners and the model.
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+  std::set<std::string> copied;
+  for (const auto& [key, d] : expected)
+    if (copied.insert(key).second) copies.emplace_back(d.target, file.tensor(key).to(d.target.device(), d.target.scalar_type()));
+  {
+    torch::NoGradGuard g;
+    for (auto& [dst, src] : copies) dst.copy_(src);
+  }
+  AttachResult r{adapter, {}, {}};
+  for (const auto& [s, t] : plan) r.targeted.push_back(s.name);
+  for (const auto& [n, m] : detail::resolve_modules_to_save(model, cfg->saved_modules())) r.modules_to_save.push_back(n);
+  detail::commit_tuners(model, plan, adapter);
+  return r;
+}
+
+}  // namespace peft

@@ -1,0 +1,126 @@
+#pragma once
+/// \file bitfit.hpp
+/// BitFit (arXiv 2106.10199): only bias terms train. Implemented as a weight-placement tuner that
+/// holds a trainable bias delta (zero at init): the op runs with b' = b + delta, the frozen bias stays
+/// frozen, the adapter file holds only the deltas, and merging folds them in (b += delta).
+///
+///     peft::attach(model, peft::BitFitConfig());                           // every bias
+///     peft::attach(model, peft::BitFitConfig().target_modules({"dense"})); // chosen modules
+///
+/// File layout: peft_type "BITFIT"; tensor `base_model.model.<module>.bitfit_bias` with the bias shape.
+
+#include <peft/adapter_config.hpp>
+#include <peft/detail/json_fields.hpp>
+#include <peft/tuner.hpp>
+#include <peft/version.hpp>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+
+namespace peft {
+
+class BitFitConfig : public AdapterConfig {
+ public:
+  /// Empty (the default) means every slot that has a bias.
+  TORCH_ARG(TargetModules, target_modules);
+  TORCH_ARG(TargetModules, exclude_modules);
+  TORCH_ARG(std::vector<int64_t>, layers_to_transform);
+  TORCH_ARG(std::vector<std::string>, layers_pattern);
+  TORCH_ARG(std::vector<std::string>, modules_to_save);
+  TORCH_ARG(std::string, task_type);
+  TORCH_ARG(std::string, base_model_name_or_path);
+  TORCH_ARG(bool, inference_mode) = false;
+
+ public:
+  std::string peft_type() const override { return "BITFIT"; }
+  TargetRules target_rules() const override {
+    return {target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_};
+  }
+  std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+
+  bool targets(const TunableSlot& slot, const std::string& name) const override {
+    if (!target_modules_.empty()) return AdapterConfig::targets(slot, name);
+    if (exclude_modules_.matches(name)) return false;
+    for (const auto& m : modules_to_save_)
+      if (TargetModules({m}).matches(name)) return false;  // trained in full anyway
+    return slot.base_weights().bias.defined();
+  }
+
+  std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
+                                                const std::shared_ptr<const AdapterConfig>& self) const override;
+
+  nlohmann::ordered_json to_json() const override {
+    nlohmann::ordered_json j;
+    j["peft_type"] = "BITFIT";
+    j["base_model_name_or_path"] = detail::null_if_empty(base_model_name_or_path_);
+    j["task_type"] = detail::null_if_empty(task_type_);
+    j["inference_mode"] = inference_mode_;
+    j["target_modules"] = target_modules_.to_json();
+    j["exclude_modules"] = exclude_modules_.to_json();
+    j["layers_to_transform"] = detail::null_if_empty(layers_to_transform_);
+    j["layers_pattern"] = detail::null_if_empty(layers_pattern_);
+    j["modules_to_save"] = detail::null_if_empty(modules_to_save_);
+    j["peft_version"] = hf_peft_format_version;
+    j["library"] = std::string("peft-cpp ") + version;
+    return j;
+  }
+  static BitFitConfig from_json(const nlohmann::ordered_json& j, const std::string& source) {
+    BitFitConfig c;
+    if (j.contains("target_modules")) c.target_modules_ = TargetModules::from_json(j["target_modules"], "target_modules");
+    if (j.contains("exclude_modules")) c.exclude_modules_ = TargetModules::from_json(j["exclude_modules"], "exclude_modules");
+    c.layers_to_transform_ = detail::read_int_list(j, "layers_to_transform", source);
+    c.layers_pattern_ = detail::read_string_list(j, "layers_pattern", source);
+    c.modules_to_save_ = detail::read_string_list(j, "modules_to_save", source);
+    detail::read_field(j, "task_type", c.task_type_, source);
+    detail::read_field(j, "base_model_name_or_path", c.base_model_name_or_path_, source);
+    detail::read_field(j, "inference_mode", c.inference_mode_, source);
+    return c;
+  }
+  std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<BitFitConfig>(*this); }
+};
+
+/// The BitFit tuner: a trainable delta on the frozen bias.
+class BitFitImpl : public torch::nn::Cloneable<BitFitImpl>, public Tuner {
+ public:
+  BitFitImpl(std::vector<int64_t> bias_shape, std::shared_ptr<const AdapterConfig> config)
+      : bias_shape(std::move(bias_shape)), config_(std::move(config)) {
+    reset();
+  }
+  std::vector<int64_t> bias_shape;
+  at::Tensor bitfit_bias;
+
+  void reset() override {
+    const bool grad = bitfit_bias.defined() ? bitfit_bias.requires_grad() : true;
+    bitfit_bias = register_parameter("bitfit_bias", at::zeros(bias_shape), grad);
+  }
+  Placement placement() const override { return Placement::weight; }
+  std::string method() const override { return "bitfit"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return config_; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+  void reparameterize(WeightSet& w) const override { w.bias = w.bias + bitfit_bias; }
+  WeightSet delta(const WeightSet&) const override { return {{}, bitfit_bias}; }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"bitfit_bias", bitfit_bias}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::BitFit(bias_shape=" << at::IntArrayRef(bias_shape) << ")";
+  }
+
+ private:
+  std::shared_ptr<const AdapterConfig> config_;
+};
+TORCH_MODULE(BitFit);
+
+inline std::shared_ptr<torch::nn::Module> BitFitConfig::make_tuner(TunableSlot& slot, const std::string& name,
+                                                                   const std::shared_ptr<const AdapterConfig>& self) const {
+  auto b = slot.base_weights().bias;
+  if (!b.defined())
+    throw MatchError("BitFit cannot adapt module '" + name + "' (" + slot.op_kind() +
+                     "): it has no bias; BitFit trains existing biases only");
+  auto t = std::make_shared<BitFitImpl>(b.sizes().vec(), self);
+  t->to(b.device(), b.scalar_type());
+  return t;
+}
+
+}  // namespace peft

@@ -1,0 +1,24 @@
+#pragma once
+/// \file peft.hpp
+/// The umbrella header: everything a user needs.
+///
+///     #include <peft/peft.hpp>
+///     peft::Linear fc(peft::LinearOptions(64, 64));
+///     peft::attach(*model, peft::LoraConfig().r(8).target_modules({"fc"}));
+
+#include <peft/adapter_config.hpp>
+#include <peft/adapter_io.hpp>
+#include <peft/bitfit.hpp>
+#include <peft/conv2d.hpp>
+#include <peft/embedding.hpp>
+#include <peft/error.hpp>
+#include <peft/layer_norm.hpp>
+#include <peft/linear.hpp>
+#include <peft/lora.hpp>
+#include <peft/merge_checkpoint.hpp>
+#include <peft/model.hpp>
+#include <peft/safetensors.hpp>
+#include <peft/target_modules.hpp>
+#include <peft/tunable.hpp>
+#include <peft/tuner.hpp>
+#include <peft/version.hpp>
