@@ -7,6 +7,7 @@
 ///     peft::attach(*model, peft::LoraConfig().r(8).target_modules({"fc"}));
 
 #include <peft/adapter_config.hpp>
+#include <peft/detail/compat.hpp>
 #include <peft/adapter_io.hpp>
 #include <peft/bitfit.hpp>
 #include <peft/conv2d.hpp>

@@ -1,0 +1,342 @@
+// safetensors reading/writing and every malformed-file case; atomic saves; adapter files in HF PEFT's
+// layout; loads that do not fit; merging into a checkpoint; peft-cli.
+#include "support/test_support.hpp"
+
+#include <cstdlib>
+
+using peft_test::AllClose;
+using peft_test::raw_safetensors;
+using peft_test::TempDir;
+using peft_test::ToyModel;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const peft::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+std::string load_error(const std::string& bytes) {
+  TempDir d;
+  peft_test::write_file(d / "x.safetensors", bytes);
+  return error_of([&] { peft::load_safetensors(d / "x.safetensors"); });
+}
+}  // namespace
+
+TEST_CASE("safetensors round trip keeps names, dtypes, shapes, values and metadata", "[safetensors]") {
+  TempDir d;
+  torch::OrderedDict<std::string, torch::Tensor> t;
+  t.insert("f32", torch::randn({3, 4}));
+  t.insert("f64", torch::randn({2}, torch::kDouble));
+  t.insert("f16", torch::randn({5}).to(torch::kHalf));
+  t.insert("bf16", torch::randn({2, 2}).to(torch::kBFloat16));
+  t.insert("i64", torch::arange(6).view({2, 3}));
+  t.insert("i32", torch::arange(3, torch::kInt));
+  t.insert("i16", torch::arange(3, torch::kShort));
+  t.insert("i8", torch::arange(3, torch::kChar));
+  t.insert("u8", torch::arange(3, torch::kByte));
+  t.insert("bool", torch::tensor({true, false, true}));
+  t.insert("scalar", torch::tensor(2.5));
+  t.insert("empty", torch::zeros({0, 4}));
+  t.insert("strided", torch::randn({4, 4}).t());
+  peft::save_safetensors(d / "a.safetensors", t, {{"format", "pt"}, {"note", "x"}});
+  auto bytes = peft_test::read_file(d / "a.safetensors");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  CHECK(n % 8 == 0);
+  auto c = peft::load_safetensors(d / "a.safetensors");
+  CHECK(c.metadata == std::map<std::string, std::string>{{"format", "pt"}, {"note", "x"}});
+  REQUIRE(c.tensors.size() == t.size());
+  for (const auto& item : t) {
+    INFO(item.key());
+    auto& got = c.tensors[item.key()];
+    CHECK(got.scalar_type() == item.value().scalar_type());
+    CHECK(got.sizes() == item.value().sizes());
+    CHECK(torch::equal(got, item.value()));
+  }
+  peft::SafetensorsFile f(d / "a.safetensors");
+  CHECK(f.info("bf16").dtype == peft::DType::BF16);
+  CHECK(f.info("i64").shape == std::vector<int64_t>{2, 3});
+}
+
+TEST_CASE("safetensors reader written by Python's safetensors layout rules", "[safetensors]") {
+  // Hand-built per the spec: header padded with spaces, two F32 tensors back to back.
+  std::string data(8, '\0');
+  float vals[2] = {1.5f, -2.0f};
+  std::memcpy(data.data(), vals, 8);
+  std::string header = R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"format":"pt"}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  TempDir d;
+  peft_test::write_file(d / "h.safetensors", raw_safetensors(header, data));
+  auto c = peft::load_safetensors(d / "h.safetensors");
+  CHECK(c.tensors["a"].item<float>() == 1.5f);
+  CHECK(c.tensors["b"].item<float>() == -2.0f);
+}
+
+TEST_CASE("every malformed safetensors file is a FormatError naming the problem", "[safetensors][bad]") {
+  const std::string t4 = R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  const std::string four(4, '\0');
+  CHECK(load_error(raw_safetensors(t4, four)) == "(no error)");
+  CHECK_THAT(load_error("abc"), Catch::Contains("[peft.format]") && Catch::Contains("truncated"));
+  CHECK_THAT(load_error(""), Catch::Contains("truncated"));
+  CHECK_THAT(load_error(raw_safetensors(t4, four, 4096)), Catch::Contains("runs past the end of the file"));
+  CHECK_THAT(load_error(raw_safetensors("{\"t\": nope}", "")), Catch::Contains("not valid JSON"));
+  CHECK_THAT(load_error(raw_safetensors("[1,2]   ", "")), Catch::Contains("must be a JSON object"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0'))),
+             Catch::Contains("overlap") && Catch::Contains("'b'"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", four)),
+             Catch::Contains("out of order"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "")),
+             Catch::Contains("run past the data buffer"));
+  CHECK_THAT(load_error(raw_safetensors(t4, std::string(12, '\0'))), Catch::Contains("cover only 4"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0'))),
+             Catch::Contains("gap in the data buffer"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,4]}})", four)),
+             Catch::Contains("needs 12 bytes") && Catch::Contains("'t'"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", four)),
+             Catch::Contains("unknown dtype 'Q4'"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", four)),
+             Catch::Contains("negative or absurd"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", four)),
+             Catch::Contains("absurd"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", four)),
+             Catch::Contains("duplicate tensor name 't'"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"__metadata__":{"format":1}})", "")),
+             Catch::Contains("__metadata__ value for 'format' must be a string"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1]}})", four)), Catch::Contains("data_offsets"));
+  CHECK_THAT(load_error(raw_safetensors(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1}})", four)),
+             Catch::Contains("unexpected field 'x'"));
+  // Header length over the 100 MB limit (checked before anything is read).
+  CHECK_THAT(load_error(raw_safetensors(t4, four, 100'000'001)), Catch::Contains("exceeds the limit"));
+  CHECK_THAT(error_of([] { peft::load_safetensors("/nonexistent/x.safetensors"); }),
+             Catch::Contains("[peft.io]") && Catch::Contains("/nonexistent/x.safetensors"));
+  // Messages name the file.
+  CHECK_THAT(load_error("abc"), Catch::Contains("x.safetensors"));
+}
+
+TEST_CASE("saves are atomic: a failed write leaves the previous file", "[safetensors][atomic]") {
+  TempDir d;
+  torch::OrderedDict<std::string, torch::Tensor> t1, t2;
+  t1.insert("w", torch::ones({4}));
+  t2.insert("w", torch::zeros({1000}));
+  peft::save_safetensors(d / "m.safetensors", t1);
+  const auto before = peft_test::read_file(d / "m.safetensors");
+  peft::detail::atomic_write_hook() = [](const std::string&) { throw peft::IoError("simulated crash"); };
+  CHECK_THROWS_AS(peft::save_safetensors(d / "m.safetensors", t2), peft::IoError);
+  peft::detail::atomic_write_hook() = nullptr;
+  CHECK(peft_test::read_file(d / "m.safetensors") == before);
+  std::size_t files = 0;
+  for (auto& e : std::filesystem::directory_iterator(d.path())) (void)e, ++files;
+  CHECK(files == 1);  // no temporary left behind
+  CHECK_THROWS_AS(peft::save_safetensors("/nonexistent-dir/m.safetensors", t1), peft::IoError);
+}
+
+TEST_CASE("adapters save in HF PEFT's layout and reload exactly", "[adapter][io]") {
+  torch::manual_seed(10);
+  TempDir d;
+  ToyModel m;
+  auto cfg = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"q", "v"}).modules_to_save({"head"})
+                 .rank_pattern({{"layers.1.attn.v", 2}}).init_lora_weights(false);
+  peft::attach(m, cfg);
+  peft::attach(m, peft::BitFitConfig().target_modules({"fc1"}), "bitfit");
+  auto ids = torch::randint(0, 32, {2, 6});
+  peft::save_adapter(m, d.path());
+  auto y = m->forward(ids);
+
+  SECTION("file layout and config fields") {
+    peft::SafetensorsFile f(d / "adapter_model.safetensors");
+    CHECK(f.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
+    CHECK(f.info("base_model.model.layers.0.attn.q.lora_A.weight").shape == std::vector<int64_t>{4, 16});
+    CHECK(f.info("base_model.model.layers.0.attn.q.lora_B.weight").shape == std::vector<int64_t>{16, 4});
+    CHECK(f.info("base_model.model.layers.1.attn.v.lora_A.weight").shape == std::vector<int64_t>{2, 16});
+    CHECK(f.info("base_model.model.head.weight").dtype == peft::DType::F32);
+    CHECK(f.infos().size() == 4 * 2 + 2);
+    auto j = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
+    for (const char* k : {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "use_rslora",
+                          "use_dora", "fan_in_fan_out", "modules_to_save", "rank_pattern", "alpha_pattern", "init_lora_weights",
+                          "layers_to_transform", "task_type", "base_model_name_or_path", "inference_mode", "peft_version"})
+      CHECK(j.contains(k));
+    CHECK(j["peft_type"] == "LORA");
+    CHECK(j["r"] == 4);
+    CHECK(j["lora_alpha"] == 8);
+    CHECK(j["rank_pattern"]["layers.1.attn.v"] == 2);
+    CHECK(j["init_lora_weights"] == false);
+    CHECK(std::filesystem::exists(d.path() / "bitfit" / "adapter_config.json"));
+    CHECK(nlohmann::json::parse(peft_test::read_file((d.path() / "bitfit" / "adapter_config.json").string()))["peft_type"] == "BITFIT");
+  }
+  SECTION("a fresh model reproduces the outputs exactly") {
+    ToyModel fresh;
+    peft_test::copy_weights(*fresh, *m);  // base weights (head included, as saved)
+    {
+      torch::NoGradGuard g;
+      fresh->head->weight.normal_();  // the head must come from the adapter file
+    }
+    auto r = peft::load_adapter(fresh, d.path());
+    CHECK(r.targeted.size() == 4);
+    peft::load_adapter(fresh, d.path() / "bitfit", "bitfit");
+    peft::set_adapter(fresh, std::vector<std::string>{"default"});
+    peft::set_adapter(m, std::vector<std::string>{"default"});
+    CHECK(torch::equal(fresh->forward(ids), m->forward(ids)));
+    CHECK(peft::count_parameters(fresh).trainable == 0);  // loaded for inference
+    auto before = peft::get_adapter_state_dict(fresh);
+    auto saved = peft::load_safetensors(d / "adapter_model.safetensors").tensors;
+    CHECK(before.keys() == saved.keys());
+    ToyModel trainable;
+    peft::load_adapter(trainable, d.path(), "default", /*trainable=*/true);
+    CHECK(peft::count_parameters(trainable).trainable == 4 * 2 * 16 * 4 - 2 * 16 * 2 + 3 * 16 + 3);
+  }
+  SECTION("BF16/F16 files load with conversion; unknown config keys are ignored") {
+    auto c = peft::load_safetensors(d / "adapter_model.safetensors");
+    torch::OrderedDict<std::string, torch::Tensor> half;
+    for (auto& it : c.tensors) half.insert(it.key(), it.value().to(torch::kBFloat16));
+    TempDir h;
+    peft::save_safetensors(h / "adapter_model.safetensors", half);
+    auto j = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
+    j["some_future_field"] = {1, 2};
+    j.erase("lora_dropout");
+    peft_test::write_file(h / "adapter_config.json", j.dump());
+    ToyModel fresh;
+    peft_test::copy_weights(*fresh, *m);
+    peft::load_adapter(fresh, h.path());
+    peft::set_adapter(m, "default");
+    CHECK_THAT(fresh->forward(ids), AllClose(m->forward(ids), 2e-2, 2e-2));
+  }
+}
+
+TEST_CASE("adapters that do not fit are rejected and the model is left untouched", "[adapter][bad]") {
+  torch::manual_seed(11);
+  TempDir d;
+  ToyModel m;
+  peft::attach(m, peft::LoraConfig().r(4).target_modules({"q", "v"}).modules_to_save({"head"}).init_lora_weights(false));
+  peft::save_adapter(m, d.path());
+  auto good = peft::load_safetensors(d / "adapter_model.safetensors");
+  auto cfg = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
+
+  auto try_load = [&](const torch::OrderedDict<std::string, torch::Tensor>& tensors, const nlohmann::json& config) {
+    TempDir bad;
+    peft::save_safetensors(bad / "adapter_model.safetensors", tensors);
+    peft_test::write_file(bad / "adapter_config.json", config.dump());
+    ToyModel fresh;
+    auto snapshot = fresh->named_parameters().values();
+    std::vector<torch::Tensor> copies;
+    for (auto& p : snapshot) copies.push_back(p.clone());
+    auto msg = error_of([&] { peft::load_adapter(fresh, bad.path()); });
+    CHECK(peft::adapter_names(fresh).empty());
+    auto after = fresh->named_parameters().values();
+    REQUIRE(after.size() == copies.size());
+    for (std::size_t i = 0; i < after.size(); ++i) CHECK(torch::equal(after[i], copies[i]));
+    return msg;
+  };
+  auto without = [&](const std::string& key) {
+    torch::OrderedDict<std::string, torch::Tensor> t;
+    for (auto& it : good.tensors)
+      if (it.key() != key) t.insert(it.key(), it.value());
+    return t;
+  };
+  SECTION("missing tensor") {
+    CHECK_THAT(try_load(without("base_model.model.layers.1.attn.v.lora_B.weight"), cfg),
+               Catch::Contains("[peft.adapter]") && Catch::Contains("missing tensor 'base_model.model.layers.1.attn.v.lora_B.weight'"));
+  }
+  SECTION("extra tensor") {
+    auto t = good.tensors;
+    t.insert("base_model.model.layers.0.attn.k.lora_A.weight", torch::zeros({4, 16}));
+    CHECK_THAT(try_load(t, cfg), Catch::Contains("unexpected tensor 'base_model.model.layers.0.attn.k.lora_A.weight'"));
+  }
+  SECTION("wrong shape") {
+    auto t = without("base_model.model.layers.0.attn.q.lora_A.weight");
+    t.insert("base_model.model.layers.0.attn.q.lora_A.weight", torch::zeros({4, 15}));
+    CHECK_THAT(try_load(t, cfg), Catch::Contains("expected shape [4, 16], received [4, 15]"));
+  }
+  SECTION("rank not matching the config") {
+    auto c = cfg;
+    c["r"] = 8;
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("expected shape [8, 16], received [4, 16]"));
+  }
+  SECTION("target not in the model") {
+    auto c = cfg;
+    c["target_modules"] = {"query", "value"};
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("[peft.match]") && Catch::Contains("matched no tunable module"));
+  }
+  SECTION("bad config") {
+    auto c = cfg;
+    c["peft_type"] = "MYSTERY";
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("[peft.config]") && Catch::Contains("MYSTERY"));
+    c = cfg;
+    c["r"] = "four";
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("field 'r' has the wrong type"));
+    c = cfg;
+    c["use_dora"] = true;
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("use_dora"));
+  }
+  SECTION("missing files") {
+    ToyModel fresh;
+    CHECK_THAT(error_of([&] { peft::load_adapter(fresh, "/nonexistent-adapter"); }), Catch::Contains("[peft.io]"));
+  }
+}
+
+TEST_CASE("merging an adapter into a safetensors checkpoint", "[merge][checkpoint][cli]") {
+  torch::manual_seed(12);
+  TempDir d;
+  ToyModel m;
+  {
+    torch::NoGradGuard g;
+    m->to(torch::kFloat);
+  }
+  // The base checkpoint in BF16 for some tensors, to check that dtypes are kept.
+  torch::OrderedDict<std::string, torch::Tensor> base;
+  for (auto& p : m->named_parameters()) base.insert(p.key(), p.value().detach().clone());
+  base["embed.weight"] = base["embed.weight"].to(torch::kBFloat16);
+  peft::save_safetensors(d / "model.safetensors", base, {{"format", "pt"}, {"origin", "test"}});
+  peft::attach(m, peft::LoraConfig().r(4).lora_alpha(16).use_rslora(true).target_modules({"q", "fc2", "embed"})
+                      .alpha_pattern({{"fc2", 2}}).modules_to_save({"head"}).init_lora_weights(false));
+  {
+    torch::NoGradGuard g;
+    m->head->weight.add_(1.0);
+  }
+  peft::save_adapter(m, d / "adapter");
+  const double S = 0.5;
+  auto report = peft::merge_lora_checkpoint(d / "model.safetensors", d.path() / "adapter", d / "merged.safetensors", S);
+  CHECK(report.merged == 2 * 2 + 1);
+  CHECK(report.replaced == 2);  // head.weight, head.bias
+  auto merged = peft::SafetensorsFile(d / "merged.safetensors");
+  CHECK(merged.metadata() == std::map<std::string, std::string>{{"format", "pt"}, {"origin", "test"}});
+  CHECK(merged.info("embed.weight").dtype == peft::DType::BF16);
+  // Independent expectation from the live tuners: W + S * alpha/sqrt(r) * B A.
+  auto* q = dynamic_cast<peft::LoraLinearImpl*>(m->layers[1]->as<peft_test::BlockImpl>()->q->adapter("default"));
+  auto q_expected = base["layers.1.attn.q.weight"] + S * (16 / 2.0) * torch::mm(q->lora_B, q->lora_A);
+  CHECK_THAT(merged.tensor("layers.1.attn.q.weight"), AllClose(q_expected.detach(), 1e-5));
+  auto* f = dynamic_cast<peft::LoraLinearImpl*>(m->layers[0]->as<peft_test::BlockImpl>()->fc2->adapter("default"));
+  auto f_expected = base["layers.0.mlp.fc2.weight"] + S * (2 / 2.0) * torch::mm(f->lora_B, f->lora_A);
+  CHECK_THAT(merged.tensor("layers.0.mlp.fc2.weight"), AllClose(f_expected.detach(), 1e-5));
+  CHECK(torch::equal(merged.tensor("layers.0.attn.k.weight"), base["layers.0.attn.k.weight"]));
+  CHECK(torch::equal(merged.tensor("head.weight"), m->head->weight));
+
+  SECTION("base weight missing is an AdapterError naming it; nothing is written") {
+    torch::OrderedDict<std::string, torch::Tensor> partial;
+    for (auto& it : base)
+      if (it.key() != "layers.0.attn.q.weight") partial.insert(it.key(), it.value());
+    peft::save_safetensors(d / "partial.safetensors", partial);
+    CHECK_THAT(error_of([&] { peft::merge_lora_checkpoint(d / "partial.safetensors", d.path() / "adapter", d / "out.safetensors"); }),
+               Catch::Contains("[peft.adapter]") && Catch::Contains("'layers.0.attn.q.weight'"));
+    CHECK_FALSE(std::filesystem::exists(d.path() / "out.safetensors"));
+  }
+#ifdef PEFT_CLI_PATH
+  SECTION("peft-cli merge, inspect, and errors with non-zero exit") {
+    auto run = [](const std::string& args) { return std::system((std::string(PEFT_CLI_PATH) + " " + args + " > /dev/null 2>&1").c_str()); };
+    CHECK(run("merge --base " + (d / "model.safetensors") + " --adapter " + (d / "adapter") + " --out " + (d / "cli.safetensors") + " --scale 0.5") == 0);
+    CHECK(peft_test::read_file(d / "cli.safetensors") == peft_test::read_file(d / "merged.safetensors"));
+    CHECK(run("inspect " + (d / "model.safetensors")) == 0);
+    CHECK(run("inspect " + (d / "adapter")) == 0);
+    peft_test::write_file(d / "junk.safetensors", "junk");
+    CHECK(run("inspect " + (d / "junk.safetensors")) != 0);
+    CHECK(run("merge --base " + (d / "junk.safetensors") + " --adapter " + (d / "adapter") + " --out " + (d / "x.safetensors")) != 0);
+    CHECK(run("merge --base " + (d / "model.safetensors")) != 0);
+    CHECK(run("frobnicate") != 0);
+    std::string out = (d / "out.txt");
+    std::system((std::string(PEFT_CLI_PATH) + " inspect " + (d / "adapter") + " > " + out + " 2>&1").c_str());
+    CHECK_THAT(peft_test::read_file(out), Catch::Contains("peft_type: LORA") && Catch::Contains("trainable parameters:"));
+  }
+#endif
+}
