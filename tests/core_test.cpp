@@ -368,3 +368,17 @@ TEST_CASE("the frame composes input, weight, parallel and output tuners", "[fram
   CHECK_THROWS_AS(fc->merge({"dbl"}, false), peft::StateError);
   CHECK(fc->merged_adapters().empty());
 }
+
+TEST_CASE("the README's tour network gives the report line the README shows", "[report][readme]") {
+  struct NetImpl : torch::nn::Module {
+    peft::Linear fc1{nullptr}, fc2{nullptr}, head{nullptr};
+    NetImpl() {
+      fc1 = register_module("fc1", peft::Linear(512, 512));
+      fc2 = register_module("fc2", peft::Linear(peft::LinearOptions(512, 512).bias(false)));
+      head = register_module("head", peft::Linear(512, 10));
+    }
+  };
+  auto net = std::make_shared<NetImpl>();
+  peft::attach(net, peft::LoraConfig().r(8).lora_alpha(16).lora_dropout(0.05).target_modules({"fc1", "fc2"}).modules_to_save({"head"}));
+  CHECK(peft::trainable_report(net) == "trainable params: 21,514 || all params: 546,314 || trainable%: 3.9380");
+}
