@@ -39,6 +39,9 @@ class AdapterConfig {
   /// adapter_config.json, with PEFT's field names where PEFT has the method.
   virtual nlohmann::ordered_json to_json() const = 0;
   virtual std::shared_ptr<AdapterConfig> clone() const = 0;
+  /// PEFT's inference_mode: the adapter stays frozen even when active.
+  virtual bool frozen() const = 0;
+  virtual void set_frozen(bool frozen) = 0;
   /// Checks values (ranks positive, probabilities in range...); throws ConfigError.
   virtual void validate() const {}
 };

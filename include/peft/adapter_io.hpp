@@ -133,11 +133,7 @@ inline void save_adapter(ModelRef model, const std::filesystem::path& dir,
 inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& dir,
                                  const std::string& adapter = "default", bool trainable = false) {
   auto cfg = read_adapter_config(dir);
-  {
-    auto j = cfg->to_json();
-    j["inference_mode"] = !trainable;
-    cfg = config_from_json(j, (dir / kAdapterConfigFile).string());
-  }
+  cfg->set_frozen(!trainable);
   const auto wpath = (dir / kAdapterWeightsFile).string();
   SafetensorsFile file(wpath);
 

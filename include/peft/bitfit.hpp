@@ -76,6 +76,8 @@ class BitFitConfig : public AdapterConfig {
     detail::read_field(j, "inference_mode", c.inference_mode_, source);
     return c;
   }
+  bool frozen() const override { return inference_mode_; }
+  void set_frozen(bool f) override { inference_mode_ = f; }
   std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<BitFitConfig>(*this); }
 };
 

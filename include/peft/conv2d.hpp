@@ -2,6 +2,7 @@
 /// \file conv2d.hpp
 /// peft::Conv2d: a drop-in for torch::nn::Conv2d that adapters can attach to.
 
+#include <peft/detail/compat.hpp>
 #include <peft/tunable.hpp>
 
 #include <torch/nn/functional/conv.h>
@@ -27,17 +28,17 @@ class Conv2dImpl : public TunableImpl<Conv2dImpl, torch::nn::Conv2dImpl, Conv2dO
     namespace F = torch::nn::functional;
     auto conv = F::Conv2dFuncOptions().bias(w.bias).stride(options.stride()).dilation(options.dilation())
                     .groups(options.groups());
-    if (c10::get_if<torch::enumtype::kZeros>(&options.padding_mode())) {
+    if (detail::holds<torch::enumtype::kZeros>(options.padding_mode())) {
       return F::conv2d(x, w.weight, conv.padding(options.padding()));
     }
-    const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
+    const auto* pad = detail::get_ptr<torch::ExpandingArray<2>>(options.padding());
     if (!pad) throw ConfigError("Conv2d: padding 'valid'/'same' with a non-zeros padding_mode is not supported");
     const auto& a = **pad;
     std::vector<int64_t> p = {a[1], a[1], a[0], a[0]};
     F::PadFuncOptions::mode_t mode = torch::kConstant;
-    if (c10::get_if<torch::enumtype::kReflect>(&options.padding_mode())) mode = torch::kReflect;
-    else if (c10::get_if<torch::enumtype::kReplicate>(&options.padding_mode())) mode = torch::kReplicate;
-    else if (c10::get_if<torch::enumtype::kCircular>(&options.padding_mode())) mode = torch::kCircular;
+    if (detail::holds<torch::enumtype::kReflect>(options.padding_mode())) mode = torch::kReflect;
+    else if (detail::holds<torch::enumtype::kReplicate>(options.padding_mode())) mode = torch::kReplicate;
+    else if (detail::holds<torch::enumtype::kCircular>(options.padding_mode())) mode = torch::kCircular;
     return F::conv2d(F::pad(x, F::PadFuncOptions(p).mode(mode)), w.weight, conv.padding(0));
   }
   void pretty_print_op(std::ostream& s) const {

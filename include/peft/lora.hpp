@@ -209,6 +209,8 @@ class LoraConfig : public AdapterConfig {
     return c;
   }
 
+  bool frozen() const override { return inference_mode_; }
+  void set_frozen(bool f) override { inference_mode_ = f; }
   std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<LoraConfig>(*this); }
 };
 
@@ -219,6 +221,16 @@ inline at::Tensor register_keep_grad(torch::nn::Module& m, const std::string& na
   return m.register_parameter(name, std::move(value), previous.defined() ? previous.requires_grad() : true);
 }
 }  // namespace detail
+
+/// PEFT's init for a LoRA pair whose A has fan-in layout: A kaiming-uniform (or N(0, 1/r) for
+/// "gaussian"), B zero (or kaiming-uniform too for init false, so the adapter is active from the start).
+inline void init_lora_pair(at::Tensor& A, at::Tensor& B, const std::string& init, int64_t r) {
+  torch::NoGradGuard g;
+  if (init == "gaussian") torch::nn::init::normal_(A, 0.0, 1.0 / static_cast<double>(r));
+  else torch::nn::init::kaiming_uniform_(A, std::sqrt(5.0));
+  if (init == "false") torch::nn::init::kaiming_uniform_(B, std::sqrt(5.0));
+  else B.zero_();
+}
 
 /// What every LoRA tuner shares: rank, scaling, dropout, config.
 struct LoraSpec {
@@ -246,13 +258,7 @@ class LoraLinearImpl : public torch::nn::Cloneable<LoraLinearImpl>, public Tuner
     lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
     reset_parameters();
   }
-  void reset_parameters() {
-    torch::NoGradGuard g;
-    if (spec.init == "gaussian") torch::nn::init::normal_(lora_A, 0.0, 1.0 / static_cast<double>(spec.r));
-    else torch::nn::init::kaiming_uniform_(lora_A, std::sqrt(5.0));
-    if (spec.init == "false") torch::nn::init::kaiming_uniform_(lora_B, std::sqrt(5.0));
-    else lora_B.zero_();
-  }
+  void reset_parameters() { init_lora_pair(lora_A, lora_B, spec.init, spec.r); }
 
   Placement placement() const override { return Placement::parallel; }
   std::string method() const override { return "lora"; }
@@ -341,11 +347,7 @@ class LoraConv2dImpl : public torch::nn::Cloneable<LoraConv2dImpl>, public Tuner
     auto k = options.kernel_size();
     lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, options.in_channels(), k->at(0), k->at(1)}));
     lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({options.out_channels(), spec.r, 1, 1}));
-    torch::NoGradGuard g;
-    if (spec.init == "gaussian") torch::nn::init::normal_(lora_A, 0.0, 1.0 / static_cast<double>(spec.r));
-    else torch::nn::init::kaiming_uniform_(lora_A, std::sqrt(5.0));
-    if (spec.init == "false") torch::nn::init::kaiming_uniform_(lora_B, std::sqrt(5.0));
-    else lora_B.zero_();
+    init_lora_pair(lora_A, lora_B, spec.init, spec.r);
   }
   Placement placement() const override { return Placement::parallel; }
   std::string method() const override { return "lora"; }
@@ -387,7 +389,7 @@ inline std::shared_ptr<torch::nn::Module> LoraConfig::make_tuner(TunableSlot& sl
   if (auto* conv = dynamic_cast<Conv2dImpl*>(&m)) {
     if (conv->options.groups() != 1)
       throw MatchError("LoRA on Conv2d '" + name + "': groups=" + std::to_string(conv->options.groups()) + " is not supported (expected 1)");
-    if (!c10::get_if<torch::enumtype::kZeros>(&conv->options.padding_mode()))
+    if (!detail::holds<torch::enumtype::kZeros>(conv->options.padding_mode()))
       throw MatchError("LoRA on Conv2d '" + name + "': only padding_mode zeros is supported");
     return std::make_shared<LoraConv2dImpl>(conv->options, spec);
   }

@@ -138,9 +138,7 @@ inline void mark_only_adapters_trainable(ModelRef model) {
   const auto active = active_adapters(model);
   for (const auto& name : active) {
     auto cfg = adapter_config(model, name);
-    if (!cfg) continue;
-    const auto j = cfg->to_json();
-    if (j.contains("inference_mode") && j["inference_mode"].is_boolean() && j["inference_mode"].get<bool>()) continue;
+    if (!cfg || cfg->frozen()) continue;
     for (const auto& s : tunable_slots(model))
       if (auto* t = s.slot->adapter(name))
         for (auto& p : t->as_module().parameters(true)) p.set_requires_grad(true);

@@ -4,7 +4,7 @@
 
 #include <torch/version.h>
 
-#include <optional>
+#include <variant>
 
 #if TORCH_VERSION_MAJOR >= 2
 #define PEFT_TORCH2 1
@@ -14,19 +14,17 @@
 
 namespace peft::detail {
 
-#if PEFT_TORCH2 && (TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 4)
-// From 2.4 c10::optional is std::optional.
-template <class T>
-using optional = std::optional<T>;
-inline constexpr auto nullopt = std::nullopt;
-#else
-}  // namespace peft::detail
-#include <c10/util/Optional.h>
-namespace peft::detail {
-template <class T>
-using optional = c10::optional<T>;
-inline constexpr auto nullopt = c10::nullopt;
-#endif
+/// True when variant `v` holds a T. LibTorch 1.13 options use c10::variant, 2.x std::variant; an
+/// unqualified get_if finds the right one by argument-dependent lookup.
+template <class T, class Variant>
+const T* get_ptr(const Variant& v) {
+  using std::get_if;
+  return get_if<T>(&v);
+}
+template <class T, class Variant>
+bool holds(const Variant& v) {
+  return get_ptr<T>(v) != nullptr;
+}
 
 /// "1.13.1" style version of the LibTorch we were compiled against.
 inline const char* torch_version() { return TORCH_VERSION; }
