@@ -12,7 +12,7 @@
 namespace peft {
 
 /// Base of every exception the library throws. `id()` is one of: format, io, config, adapter, match,
-/// state, usage.
+/// state, input, checkpoint.
 class Error : public std::runtime_error {
  public:
   Error(const std::string& id, const std::string& message)
@@ -61,6 +61,19 @@ class MatchError : public Error {
 class StateError : public Error {
  public:
   explicit StateError(const std::string& m) : Error("state", m) {}
+};
+
+/// A tensor given to a model's forward has the wrong shape, dtype or values (image size, channel
+/// count, token ids out of the vocabulary, a mask of the wrong length).
+class InputError : public Error {
+ public:
+  explicit InputError(const std::string& m) : Error("input", m) {}
+};
+
+/// A model checkpoint does not fit the model: missing, unexpected or mis-shaped tensors.
+class CheckpointError : public Error {
+ public:
+  explicit CheckpointError(const std::string& m) : Error("checkpoint", m) {}
 };
 
 }  // namespace peft

@@ -54,7 +54,9 @@ struct NamedSlot {
 /// Every tunable slot in `model`, in named_modules() order (adapters' own modules are skipped).
 inline std::vector<NamedSlot> tunable_slots(ModelRef model) {
   std::vector<NamedSlot> out;
-  for (const auto& item : model->named_modules("", /*include_self=*/true))
+  // named_modules(include_self = true) needs the model in a shared_ptr; look at the root separately.
+  if (auto* s = dynamic_cast<TunableSlot*>(&*model)) out.push_back({"", s});
+  for (const auto& item : model->named_modules("", /*include_self=*/false))
     if (auto* s = dynamic_cast<TunableSlot*>(item.value().get())) out.push_back({item.key(), s});
   return out;
 }
@@ -178,7 +180,12 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
   for (const auto& s : slots) {
     if (!config->targets(*s.slot, s.name)) continue;
     auto tuner = config->make_tuner(*s.slot, s.name, config);
-    const auto w = s.slot->base_weights().weight;
+    // New tuners follow the device and dtype of the op they adapt (a composite op: its first parameter).
+    auto w = s.slot->base_weights().weight;
+    if (!w.defined()) {
+      auto ps = s.slot->as_module().parameters(true);
+      if (!ps.empty()) w = ps.front();
+    }
     if (w.defined()) tuner->to(w.device(), w.scalar_type());
     plan.emplace_back(s, std::move(tuner));
   }

@@ -18,6 +18,7 @@
 #include <peft/lora.hpp>
 #include <peft/merge_checkpoint.hpp>
 #include <peft/model.hpp>
+#include <peft/models.hpp>
 #include <peft/safetensors.hpp>
 #include <peft/target_modules.hpp>
 #include <peft/tunable.hpp>

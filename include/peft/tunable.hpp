@@ -12,6 +12,7 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 #include <torch/ordered_dict.h>
 #include <torch/utils.h>
 
@@ -78,48 +79,23 @@ inline std::string join(const std::vector<std::string>& v, const char* sep = ", 
 }
 }  // namespace detail
 
-/// The shared implementation of every slot. `Derived` supplies the op kind, `run(x, weights)` (the op
-/// as a function of its weights, for weight-placement tuners) and `pretty_print_op`.
-template <class Derived, class Op, class Options>
-class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
+/// Adapter bookkeeping shared by every slot: named tuners as child modules, the active set, the
+/// disable switch, merge records, and the frame that runs live tuners around an op.
+template <class Derived>
+class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
  public:
-  explicit TunableImpl(Options options_) : options(std::move(options_)) {}
-
-  /// The options of the frozen op.
-  Options options;
-  /// The frozen op's parameters, registered on the slot under the op's own names.
-  at::Tensor weight;
-  at::Tensor bias;
-
-  void reset() override {
-    // clone() copies the object, clears the registries and calls reset(): keep trainability, deep-copy
-    // the adapters (Cloneable then copies the parameter values over).
-    const bool wgrad = weight.defined() ? weight.requires_grad() : true;
-    const bool bgrad = bias.defined() ? bias.requires_grad() : true;
-    op_ = std::make_shared<Op>(options);
-    weight = this->register_parameter("weight", op_->weight, op_->weight.defined() && wgrad);
-    if constexpr (detail::has_bias<Op>::value)
-      bias = this->register_parameter("bias", op_->bias, op_->bias.defined() && bgrad);
-    else
-      (void)bgrad;
-    for (auto& item : adapters_) {
-      item.value() = item.value()->clone();
-      this->register_module(item.key(), item.value());
-    }
-    refresh();
-  }
-
-  /// The frozen op itself (shares its parameters with this slot).
-  Op& op() const { return *op_; }
-
   torch::nn::Module& as_module() override { return *this; }
-  WeightSet base_weights() const override { return {weight, bias}; }
 
   void add_adapter(const std::string& name, std::shared_ptr<torch::nn::Module> tuner) override {
     detail::check_adapter_name(name);
     if (adapters_.contains(name)) throw StateError("adapter '" + name + "' already exists in this " + op_kind());
-    if (!dynamic_cast<Tuner*>(tuner.get()))
-      throw StateError("module given as adapter '" + name + "' does not implement peft::Tuner");
+    auto* t = dynamic_cast<Tuner*>(tuner.get());
+    if (!t) throw StateError("module given as adapter '" + name + "' does not implement peft::Tuner");
+    if (t->placement() == Placement::weight && !base_weights().weight.defined())
+      throw StateError("adapter '" + name + "' (" + t->method() + ") rewrites weights, but this " + op_kind() +
+                       " has no weight of its own; attach it to the Linear layers inside instead");
+    if (this->named_children().contains(name))
+      throw StateError("adapter name '" + name + "' clashes with a submodule of this " + std::string(op_kind()));
     adapters_.insert(name, tuner);
     this->register_module(name, tuner);
     refresh();
@@ -157,19 +133,19 @@ class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
       if (!t->mergeable())
         throw StateError("adapter '" + name + "' (" + t->method() + ") on this " + op_kind() +
                          " cannot be merged into the weights");
+      WeightSet base = base_weights();
       if (safe) {
-        WeightSet w{weight.clone(), bias.defined() ? bias.clone() : bias};
+        WeightSet w{base.weight.clone(), base.bias.defined() ? base.bias.clone() : base.bias};
         t->merge(w);
         bool finite = w.weight.isfinite().all().item<bool>() &&
                       (!w.bias.defined() || w.bias.isfinite().all().item<bool>());
         if (!finite)
           throw StateError("merging adapter '" + name + "' into this " + op_kind() +
                            " produces NaN or Inf weights; the weights were left unchanged");
-        weight.copy_(w.weight);
-        if (bias.defined()) bias.copy_(w.bias);
+        base.weight.copy_(w.weight);
+        if (base.bias.defined()) base.bias.copy_(w.bias);
       } else {
-        WeightSet w{weight, bias};
-        t->merge(w);
+        t->merge(base);
       }
       merged_.push_back(name);
     }
@@ -179,7 +155,7 @@ class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
   void unmerge() override {
     torch::NoGradGuard no_grad;
     while (!merged_.empty()) {
-      WeightSet w{weight, bias};
+      WeightSet w = base_weights();
       adapter(merged_.back())->unmerge(w);
       merged_.pop_back();
     }
@@ -201,19 +177,34 @@ class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
     }
   }
 
+  /// The live tuners that act inside the op (Tuner::inside_op(), e.g. attention prefixes): the op
+  /// itself queries them; the frame skips them.
+  const std::vector<Tuner*>& inside_tuners() const { return inside_; }
+
  protected:
-  /// The frame: input tuners, then the op (with weight tuners' W', b'), then parallel and output.
-  at::Tensor tuned_forward(const at::Tensor& x) {
-    if (!enabled_ || live_ == 0) return op_->forward(x);
+  /// Re-registers deep copies of the adapters; reset() calls it after rebuilding the op (clone()).
+  void reset_adapters() {
+    for (auto& item : adapters_) {
+      item.value() = item.value()->clone();
+      this->register_module(item.key(), item.value());
+    }
+    refresh();
+  }
+
+  /// The frame: input tuners, then `op` (with weight tuners' W', b' when `run` is given), then parallel
+  /// and output tuners. `op(h)` computes the plain op; `run(h, w)` the op with rewritten weights.
+  template <class Op, class Run>
+  at::Tensor frame(const at::Tensor& x, Op&& op, Run&& run) {
+    if (!enabled_ || live_ == 0) return op(x);
     at::Tensor h = x;
     for (Tuner* t : input_) h = t->input(h);
     at::Tensor y;
     if (weight_.empty()) {
-      y = op_->forward(h);
+      y = op(h);
     } else {
-      WeightSet w{weight, bias};
+      WeightSet w = base_weights();
       for (Tuner* t : weight_) t->reparameterize(w);
-      y = static_cast<const Derived&>(*this).run(h, w);
+      y = run(h, w);
     }
     for (Tuner* t : parallel_) y = t->parallel(h, y);
     for (Tuner* t : output_) y = t->output(y);
@@ -223,12 +214,16 @@ class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
  private:
   // Rebuilds the per-placement lists of live tuners: active, present here, not merged.
   void refresh() {
-    input_.clear(), parallel_.clear(), output_.clear(), weight_.clear();
+    input_.clear(), parallel_.clear(), output_.clear(), weight_.clear(), inside_.clear();
     live_ = 0;
     for (const auto& name : active_) {
       Tuner* t = adapter(name);
       if (!t || std::count(merged_.begin(), merged_.end(), name)) continue;
       ++live_;
+      if (t->inside_op()) {
+        inside_.push_back(t);
+        continue;
+      }
       switch (t->placement()) {
         case Placement::input: input_.push_back(t); break;
         case Placement::parallel: parallel_.push_back(t); break;
@@ -238,13 +233,98 @@ class TunableImpl : public torch::nn::Cloneable<Derived>, public TunableSlot {
     }
   }
 
-  std::shared_ptr<Op> op_;
   torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>> adapters_{"adapter"};
   std::vector<std::string> active_;
   std::vector<std::string> merged_;
   bool enabled_ = true;
-  std::vector<Tuner*> input_, parallel_, output_, weight_;
+  std::vector<Tuner*> input_, parallel_, output_, weight_, inside_;
   std::size_t live_ = 0;
+
+ public:
+  /// Whether adapters take part in this forward (enabled and at least one live).
+  bool tuning() const { return enabled_ && live_ > 0; }
 };
+
+/// A slot around one frozen torch::nn op with `weight` (and optionally `bias`). `Derived` supplies the
+/// op kind, `run(x, weights)` (the op as a function of its weights, for weight-placement tuners) and
+/// `pretty_print_op`.
+template <class Derived, class Op, class Options>
+class TunableImpl : public SlotBase<Derived> {
+ public:
+  explicit TunableImpl(Options options_) : options(std::move(options_)) {}
+
+  /// The options of the frozen op.
+  Options options;
+  /// The frozen op's parameters, registered on the slot under the op's own names.
+  at::Tensor weight;
+  at::Tensor bias;
+
+  void reset() override {
+    // clone() copies the object, clears the registries and calls reset(): keep trainability, deep-copy
+    // the adapters (Cloneable then copies the parameter values over).
+    const bool wgrad = weight.defined() ? weight.requires_grad() : true;
+    const bool bgrad = bias.defined() ? bias.requires_grad() : true;
+    op_ = std::make_shared<Op>(options);
+    weight = this->register_parameter("weight", op_->weight, op_->weight.defined() && wgrad);
+    if constexpr (detail::has_bias<Op>::value)
+      bias = this->register_parameter("bias", op_->bias, op_->bias.defined() && bgrad);
+    else
+      (void)bgrad;
+    this->reset_adapters();
+  }
+
+  /// The frozen op itself (shares its parameters with this slot).
+  Op& op() const { return *op_; }
+
+  WeightSet base_weights() const override { return {weight, bias}; }
+
+ protected:
+  at::Tensor tuned_forward(const at::Tensor& x) {
+    return this->frame(
+        x, [this](const at::Tensor& h) { return op_->forward(h); },
+        [this](const at::Tensor& h, const WeightSet& w) { return static_cast<const Derived&>(*this).run(h, w); });
+  }
+
+ private:
+  std::shared_ptr<Op> op_;
+};
+
+/// A slot around a composite op (attention, feed-forward, a whole block, embeddings) whose own
+/// submodules are slots too. Input, parallel and output tuners wrap it; weight tuners belong on the
+/// Linear slots inside. `Derived::reset()` builds the submodules and then calls `reset_adapters()`.
+template <class Derived>
+class CompositeSlot : public SlotBase<Derived> {
+ public:
+  WeightSet base_weights() const override { return {}; }
+
+ protected:
+  /// Runs `op` (the composite computation, h -> y) inside the frame.
+  template <class Op>
+  at::Tensor tuned(const at::Tensor& x, Op&& op) {
+    return this->frame(x, std::forward<Op>(op), [](const at::Tensor&, const WeightSet&) -> at::Tensor {
+      throw StateError("a composite op has no weights to rewrite");
+    });
+  }
+};
+
+/// A named place in a model where a composite op runs whose parts live elsewhere (ViT's and BERT's
+/// feed-forward is `intermediate` + `output`, siblings in the layer). It has no parameters of its own;
+/// its forward takes the op as a function, so tuners attach to `layer.N.mlp` without changing any
+/// checkpoint key.
+class SiteImpl : public CompositeSlot<SiteImpl> {
+ public:
+  explicit SiteImpl(std::string kind = "Site") : kind_(std::move(kind)) {}
+  void reset() override { reset_adapters(); }
+  template <class Op>
+  at::Tensor forward(const at::Tensor& x, Op&& op) {
+    return tuned(x, std::forward<Op>(op));
+  }
+  const char* op_kind() const override { return kind_.c_str(); }
+  void pretty_print_op(std::ostream& s) const { s << "peft::Site(" << kind_ << ")"; }
+
+ private:
+  std::string kind_;
+};
+TORCH_MODULE(Site);
 
 }  // namespace peft

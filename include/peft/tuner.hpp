@@ -61,6 +61,10 @@ class Tuner {
   /// The config this tuner was built from (shared by all tuners of one adapter).
   virtual const std::shared_ptr<const AdapterConfig>& config() const = 0;
 
+  /// Whether the op itself runs this tuner from inside its computation (attention prefixes: the
+  /// attention op concatenates the tuner's key/value prefixes). The frame then skips it.
+  virtual bool inside_op() const { return false; }
+
   /// input placement: returns U(x), fed to the op.
   virtual at::Tensor input(const at::Tensor& x) { unsupported("input"); return x; }
   /// parallel placement: returns y + U(x), where y = OP(x). Implementations fuse the add.

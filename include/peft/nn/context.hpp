@@ -1,0 +1,74 @@
+#pragma once
+/// \file nn/context.hpp
+/// Per-batch side information for tuners, without changing any forward signature.
+///
+/// Some tuners need to know more about a batch than the hidden states they see: which positions hold
+/// special tokens (PASTA), which adapter each row uses (mixed-adapter batches). The caller (or a
+/// model's forward) opens a BatchScope with named tensors; any tuner deep inside the model reads them
+/// with batch_info(). Scopes nest (inner keys shadow outer ones) and are per thread.
+///
+///     peft::BatchScope scope({{peft::keys::special_token_index, idx}});
+///     auto logits = model->forward(ids, mask);
+
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace peft {
+
+/// Well-known keys.
+namespace keys {
+/// int64 [B, T]: for each position, the index p of the special token there (0 = [CLS], 1 = first
+/// [SEP], ...), or -1 for ordinary tokens.
+inline constexpr const char* special_token_index = "special_token_index";
+/// int64 [B]: index of the adapter each batch row uses.
+inline constexpr const char* adapter_index = "adapter_index";
+/// int64 [B, S] with 1 = attend, 0 = padding: the attention mask of the batch as the model got it.
+inline constexpr const char* attention_mask = "attention_mask";
+}  // namespace keys
+
+namespace detail {
+struct BatchEntry {
+  std::string key;
+  at::Tensor value;
+};
+inline std::vector<BatchEntry>& batch_stack() {
+  thread_local std::vector<BatchEntry> stack;
+  return stack;
+}
+}  // namespace detail
+
+/// RAII: makes `entries` visible to batch_info() until the scope ends.
+class BatchScope {
+ public:
+  BatchScope(std::initializer_list<std::pair<std::string, at::Tensor>> entries) {
+    for (const auto& [k, v] : entries) push(k, v);
+  }
+  BatchScope(const std::string& key, const at::Tensor& value) { push(key, value); }
+  BatchScope(const BatchScope&) = delete;
+  BatchScope& operator=(const BatchScope&) = delete;
+  ~BatchScope() {
+    auto& s = detail::batch_stack();
+    s.resize(s.size() - pushed_);
+  }
+
+ private:
+  void push(const std::string& k, const at::Tensor& v) {
+    detail::batch_stack().push_back({k, v});
+    ++pushed_;
+  }
+  std::size_t pushed_ = 0;
+};
+
+/// The innermost value set for `key` in this thread, or an undefined tensor.
+inline at::Tensor batch_info(const std::string& key) {
+  const auto& s = detail::batch_stack();
+  for (auto it = s.rbegin(); it != s.rend(); ++it)
+    if (it->key == key) return it->value;
+  return {};
+}
+
+}  // namespace peft

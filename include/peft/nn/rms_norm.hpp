@@ -1,0 +1,56 @@
+#pragma once
+/// \file nn/rms_norm.hpp
+/// peft::RMSNorm: root-mean-square normalization (LLaMA's LlamaRMSNorm) as a tunable slot.
+///
+///     y = weight * (x / sqrt(mean(x^2) + eps)), computed in float32 and cast back to x's dtype.
+
+#include <peft/tunable.hpp>
+
+#include <torch/arg.h>
+#include <torch/nn/pimpl.h>
+
+namespace peft {
+
+struct RMSNormOptions {
+  explicit RMSNormOptions(int64_t dim) : dim_(dim) {}
+  TORCH_ARG(int64_t, dim);
+  TORCH_ARG(double, eps) = 1e-6;
+};
+
+namespace nn::functional {
+/// RMSNorm exactly as LLaMA computes it.
+inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean({-1}, true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+}  // namespace nn::functional
+
+namespace detail {
+/// The frozen op behind peft::RMSNorm.
+struct RMSNormOp {
+  explicit RMSNormOp(const RMSNormOptions& o) : options(o), weight(at::ones({o.dim()})) {}
+  at::Tensor forward(const at::Tensor& x) const { return nn::functional::rms_norm(x, weight, options.eps()); }
+  RMSNormOptions options;
+  at::Tensor weight;
+};
+}  // namespace detail
+
+class RMSNormImpl : public TunableImpl<RMSNormImpl, detail::RMSNormOp, RMSNormOptions> {
+ public:
+  explicit RMSNormImpl(int64_t dim) : RMSNormImpl(RMSNormOptions(dim)) {}
+  explicit RMSNormImpl(const RMSNormOptions& options_) : TunableImpl(options_) { reset(); }
+
+  at::Tensor forward(const at::Tensor& input) { return tuned_forward(input); }
+
+  const char* op_kind() const override { return "RMSNorm"; }
+  at::Tensor run(const at::Tensor& x, const WeightSet& w) const {
+    return nn::functional::rms_norm(x, w.weight, options.eps());
+  }
+  void pretty_print_op(std::ostream& s) const {
+    s << "peft::RMSNorm(" << options.dim() << ", eps=" << options.eps() << ")";
+  }
+};
+TORCH_MODULE(RMSNorm);
+
+}  // namespace peft
