@@ -179,7 +179,10 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
 
   /// The live tuners that act inside the op (Tuner::inside_op(), e.g. attention prefixes): the op
   /// itself queries them; the frame skips them.
-  const std::vector<Tuner*>& inside_tuners() const { return inside_; }
+  const std::vector<Tuner*>& inside_tuners() const {
+    static const std::vector<Tuner*> none;
+    return enabled_ ? inside_ : none;
+  }
 
  protected:
   /// Re-registers deep copies of the adapters; reset() calls it after rebuilding the op (clone()).

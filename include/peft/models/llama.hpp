@@ -301,6 +301,9 @@ inline at::Tensor generate(LlamaForCausalLMImpl& lm, const at::Tensor& input_ids
                            const at::Tensor& attention_mask = {}) {
   if (o.max_new_tokens < 0) throw ConfigError("generate: max_new_tokens must be >= 0");
   if (o.do_sample && o.temperature <= 0) throw ConfigError("generate: temperature must be positive when sampling");
+  if (o.pad_token_id < 0 || o.pad_token_id >= lm.config.vocab_size)
+    throw ConfigError("generate: pad_token_id " + std::to_string(o.pad_token_id) + " is outside the vocabulary [0, " +
+                      std::to_string(lm.config.vocab_size) + ")");
   torch::NoGradGuard no_grad;
   const bool was_training = lm.is_training();
   lm.eval();

@@ -174,6 +174,7 @@ inline LoadReport load_pretrained(ModelRef model, const std::string& path, const
       continue;
     }
     const auto& info = file->info(ckey);
+    found.insert(mkey);  // present, even if it does not fit
     if (info.shape != it->second.sizes().vec()) {
       mismatched.push_back("'" + ckey + "' is " + peft::detail::shape_str(info.shape) + " in the checkpoint, " +
                            peft::detail::shape_str(it->second.sizes().vec()) + " in the model");
@@ -185,7 +186,6 @@ inline LoadReport load_pretrained(ModelRef model, const std::string& path, const
                            c10::toString(it->second.scalar_type()));
       continue;
     }
-    found.insert(mkey);
     plan.emplace_back(it->second, file, ckey);
   }
   const auto heads = pretrained ? pretrained->head_modules() : std::vector<std::string>{};
