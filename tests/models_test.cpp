@@ -133,7 +133,7 @@ TEST_CASE("BERT matches the independent reference, with padding", "[models][bert
   CHECK_THROWS_WITH(peft::load_pretrained(*tok, fixture("bert")),
                     Catch::Contains("[peft.checkpoint]") && Catch::Contains("Unexpected (2") &&
                         Catch::Contains("bert.pooler.dense.weight") && Catch::Contains("nothing was loaded"));
-  auto rep = peft::load_pretrained(*tok, fixture("bert"), {/*strict=*/false});
+  auto rep = peft::load_pretrained(*tok, fixture("bert"), peft::LoadOptions().strict(false));
   CHECK(rep.skipped == std::vector<std::string>{"bert.pooler.dense.bias", "bert.pooler.dense.weight"});
   CHECK_THAT(tok->forward(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"]), AllClose(ref["token_logits"], 1e-5, 0));
 }
@@ -157,9 +157,7 @@ TEST_CASE("LLaMA matches the independent reference: GQA, RoPE, tied head, llama3
       CHECK_THAT(padded[0], AllClose(ref["padded_logits"][0], 1e-5, 0));
       CHECK_THAT(padded[1].slice(0, 3), AllClose(ref["padded_logits"][1].slice(0, 3), 1e-5, 0));
       // Greedy generation with the KV cache reproduces full recomputation in the reference.
-      M::GenerationOptions o;
-      o.max_new_tokens = 6;
-      o.eos_token_ids = std::vector<int64_t>{};
+      auto o = M::GenerationOptions().max_new_tokens(6).eos_token_ids(std::vector<int64_t>{});
       CHECK(torch::equal(M::generate(*lm, ref["greedy_prompt"], o), ref["greedy_tokens"]));
     }
   }
@@ -204,20 +202,17 @@ TEST_CASE("KV-cache decoding equals full recomputation", "[models][llama][cache]
   lm->forward(ids.slice(1, 0, 6), {}, &c2);
   CHECK_THAT(lm->forward(ids.slice(1, 6, 9), {}, &c2), AllClose(full.slice(1, 6, 9), 1e-5, 0));
   // Sampling: reproducible with a seed, and eos stops rows.
-  M::GenerationOptions o;
-  o.do_sample = true, o.top_k = 10, o.top_p = 0.9, o.temperature = 0.8, o.seed = 5, o.max_new_tokens = 5;
-  o.eos_token_ids = std::vector<int64_t>{};
+  auto o = M::GenerationOptions().do_sample(true).top_k(10).top_p(0.9).temperature(0.8).seed(5).max_new_tokens(5)
+               .eos_token_ids(std::vector<int64_t>{});
   auto s1 = M::generate(*lm, ids.slice(1, 0, 4), o), s2 = M::generate(*lm, ids.slice(1, 0, 4), o);
   CHECK(s1.sizes() == std::vector<int64_t>{2, 9});
   CHECK(torch::equal(s1, s2));
   auto greedy = M::generate(*lm, ids.slice(1, 0, 4), {});
-  M::GenerationOptions stop;
-  stop.eos_token_ids = std::vector<int64_t>{greedy[0][4].item<int64_t>()};
-  stop.pad_token_id = 1;
+  auto stop = M::GenerationOptions().eos_token_ids(std::vector<int64_t>{greedy[0][4].item<int64_t>()}).pad_token_id(1);
   auto stopped = M::generate(*lm, ids.slice(1, 0, 4), stop);
   CHECK(stopped[0][4].item<int64_t>() == greedy[0][4].item<int64_t>());
   if (stopped.size(1) > 5) CHECK(stopped[0][5].item<int64_t>() == 1);  // finished rows are padded
-  stop.pad_token_id = -1;
+  stop.pad_token_id(-1);
   CHECK_THROWS_AS(M::generate(*lm, ids, stop), peft::ConfigError);
 }
 
@@ -236,7 +231,7 @@ TEST_CASE("save_pretrained -> load_pretrained round trip, single file and shards
   torch::NoGradGuard g;
   CHECK(torch::equal(a->forward(ids), b->forward(ids)));
 
-  peft::save_pretrained(*a, dir / "one", {/*max_shard_bytes=*/20000});
+  peft::save_pretrained(*a, dir / "one", peft::SaveOptions().max_shard_bytes(20000));
   CHECK_FALSE(std::filesystem::exists(dir / "one/model.safetensors"));  // replaced by the shards
   auto index = M::detail::read_json_file(dir / "one/model.safetensors.index.json");
   std::set<std::string> shard_files;
@@ -317,15 +312,13 @@ TEST_CASE("checkpoint key conventions: base-model prefix, new task head, gamma/b
   auto ids = torch::randint(1, 100, {2, 6});
   torch::NoGradGuard g;
   CHECK(torch::equal(cls->bert->forward(ids).pooler_output, base->forward(ids).pooler_output));
-  peft::LoadOptions strict_head;
-  strict_head.allow_new_head = false;
-  CHECK_THROWS_WITH(peft::load_pretrained(*cls, dir / "old.safetensors", strict_head), Catch::Contains("'classifier.weight'"));
+  CHECK_THROWS_WITH(peft::load_pretrained(*cls, dir / "old.safetensors", peft::LoadOptions().allow_new_head(false)), Catch::Contains("'classifier.weight'"));
 
   // The other way: a head model's checkpoint into the bare model strips the prefix (head unexpected).
   peft::save_pretrained(*cls, dir / "cls");
   M::BertModel bare(tiny_bert(), true, false);
   bare->eval();
-  auto r2 = peft::load_pretrained(*bare, dir / "cls", {false});
+  auto r2 = peft::load_pretrained(*bare, dir / "cls", peft::LoadOptions().strict(false));
   CHECK(r2.key_prefix_change == "removed 'bert.'");
   CHECK(r2.skipped.size() == 2);
   CHECK(torch::equal(bare->forward(ids).pooler_output, cls->bert->forward(ids).pooler_output));
@@ -625,8 +618,7 @@ TEST_CASE("bf16 and CUDA: the same model runs in other dtypes and devices", "[mo
   cuda->to(torch::kCUDA);
   auto dev_ids = ids.to(torch::kCUDA);
   CHECK_THAT(cuda->forward(dev_ids).cpu(), AllClose(ref, 1e-4, 1e-4));
-  M::GenerationOptions o;
-  o.max_new_tokens = 4;
+  auto o = M::GenerationOptions().max_new_tokens(4);
   CHECK(torch::equal(M::generate(*cuda, dev_ids, o).cpu(), M::generate(*lm, ids, o)));
   cuda->to(torch::kBFloat16);
   CHECK_THAT(cuda->forward(dev_ids, torch::ones({2, 6}, torch::kLong).to(torch::kCUDA)).cpu().to(torch::kFloat), AllClose(ref, 0.15, 0.05));

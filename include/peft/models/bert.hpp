@@ -7,7 +7,7 @@
 /// layer and the embeddings are tunable ops.
 ///
 ///     peft::models::BertForSequenceClassification bert(peft::models::BertConfig::from_file("bert/config.json"));
-///     peft::load_pretrained(*bert, "bert/", {.strict = false});
+///     peft::load_pretrained(*bert, "bert/", peft::LoadOptions().strict(false));
 ///     auto logits = bert->forward(input_ids, attention_mask);
 
 #include <peft/embedding.hpp>

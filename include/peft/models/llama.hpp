@@ -7,7 +7,9 @@
 ///
 ///     peft::models::LlamaForCausalLM lm(peft::models::LlamaConfig::from_file("llama/config.json"));
 ///     peft::load_pretrained(*lm, "llama/");
-///     auto ids = peft::models::generate(*lm, prompt_ids, {.max_new_tokens = 32});
+///     auto ids = peft::models::generate(*lm, prompt_ids, peft::models::GenerationOptions().max_new_tokens(32));
+
+#include <torch/arg.h>
 
 #include <peft/embedding.hpp>
 #include <peft/linear.hpp>
@@ -262,31 +264,34 @@ class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl>, 
 };
 TORCH_MODULE(LlamaForCausalLM);
 
-/// Options of generate().
+/// Options of generate(), LibTorch-style: `GenerationOptions().max_new_tokens(32).do_sample(true).top_p(0.9)`.
 struct GenerationOptions {
-  int64_t max_new_tokens = 20;
+  TORCH_ARG(int64_t, max_new_tokens) = 20;
   /// false: greedy (argmax); true: sample from softmax(logits / temperature), top_k / top_p filtered.
-  bool do_sample = false;
-  double temperature = 1.0;
-  int64_t top_k = 0;     ///< 0: off
-  double top_p = 1.0;    ///< 1: off
-  /// Stop a row at any of these (default: the config's eos_token_id). Finished rows get pad_token_id.
-  std::optional<std::vector<int64_t>> eos_token_ids;
-  int64_t pad_token_id = 0;
-  /// Seed for sampling (a generator private to this call); none = the global generator.
-  std::optional<uint64_t> seed;
+  TORCH_ARG(bool, do_sample) = false;
+  TORCH_ARG(double, temperature) = 1.0;
+  /// 0: off.
+  TORCH_ARG(int64_t, top_k) = 0;
+  /// 1: off.
+  TORCH_ARG(double, top_p) = 1.0;
+  /// Stop a row at any of these (default: the config's eos_token_id; empty: never). Finished rows
+  /// continue with pad_token_id.
+  TORCH_ARG(std::optional<std::vector<int64_t>>, eos_token_ids) = std::nullopt;
+  TORCH_ARG(int64_t, pad_token_id) = 0;
+  /// Seed for sampling; none = the global generator.
+  TORCH_ARG(std::optional<uint64_t>, seed) = std::nullopt;
 };
 
 namespace detail {
 inline at::Tensor filter_logits(at::Tensor logits, const GenerationOptions& o) {
-  if (o.top_k > 0 && o.top_k < logits.size(-1)) {
-    auto kth = std::get<0>(logits.topk(o.top_k, -1)).narrow(-1, o.top_k - 1, 1);
+  if (o.top_k() > 0 && o.top_k() < logits.size(-1)) {
+    auto kth = std::get<0>(logits.topk(o.top_k(), -1)).narrow(-1, o.top_k() - 1, 1);
     logits = logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
   }
-  if (o.top_p < 1.0) {
+  if (o.top_p() < 1.0) {
     auto [sorted, idx] = logits.sort(-1, true);
     auto cum = at::softmax(sorted, -1).cumsum(-1);
-    auto drop = (cum - at::softmax(sorted, -1)) > o.top_p;  // keep the smallest prefix reaching top_p
+    auto drop = (cum - at::softmax(sorted, -1)) > o.top_p();  // keep the smallest prefix reaching top_p
     sorted = sorted.masked_fill(drop, -std::numeric_limits<float>::infinity());
     logits = at::empty_like(logits).scatter_(-1, idx, sorted);
   }
@@ -299,15 +304,15 @@ inline at::Tensor filter_logits(at::Tensor logits, const GenerationOptions& o) {
 /// Returns [B, T + generated] (prompt included). Runs under NoGradGuard, in eval mode.
 inline at::Tensor generate(LlamaForCausalLMImpl& lm, const at::Tensor& input_ids, const GenerationOptions& o = {},
                            const at::Tensor& attention_mask = {}) {
-  if (o.max_new_tokens < 0) throw ConfigError("generate: max_new_tokens must be >= 0");
-  if (o.do_sample && o.temperature <= 0) throw ConfigError("generate: temperature must be positive when sampling");
-  if (o.pad_token_id < 0 || o.pad_token_id >= lm.config.vocab_size)
-    throw ConfigError("generate: pad_token_id " + std::to_string(o.pad_token_id) + " is outside the vocabulary [0, " +
+  if (o.max_new_tokens() < 0) throw ConfigError("generate: max_new_tokens must be >= 0");
+  if (o.do_sample() && o.temperature() <= 0) throw ConfigError("generate: temperature must be positive when sampling");
+  if (o.pad_token_id() < 0 || o.pad_token_id() >= lm.config.vocab_size)
+    throw ConfigError("generate: pad_token_id " + std::to_string(o.pad_token_id()) + " is outside the vocabulary [0, " +
                       std::to_string(lm.config.vocab_size) + ")");
   torch::NoGradGuard no_grad;
   const bool was_training = lm.is_training();
   lm.eval();
-  const auto eos = o.eos_token_ids.value_or(lm.config.eos_token_ids);
+  const auto eos = o.eos_token_ids().value_or(lm.config.eos_token_ids);
   const auto dev = input_ids.device();
   const int64_t b = input_ids.size(0);
   auto mask = attention_mask.defined() ? attention_mask.to(dev, at::kLong) : at::ones_like(input_ids, at::kLong);
@@ -316,31 +321,31 @@ inline at::Tensor generate(LlamaForCausalLMImpl& lm, const at::Tensor& input_ids
   // Seeded sampling: a private generator on the CPU; on an accelerator the device's default generator
   // is reseeded (sampling there never leaves the device).
   std::optional<at::Generator> gen;
-  if (o.seed && o.do_sample) {
+  if (o.seed() && o.do_sample()) {
     if (dev.is_cpu()) {
-      gen = at::detail::createCPUGenerator(*o.seed);
+      gen = at::detail::createCPUGenerator(*o.seed());
     } else {
       gen = at::globalContext().defaultGenerator(dev);
       std::lock_guard<std::mutex> lock(gen->mutex());
-      gen->set_current_seed(*o.seed);
+      gen->set_current_seed(*o.seed());
     }
   }
   auto out = input_ids;
   auto finished = at::zeros({b}, input_ids.options().dtype(at::kBool));
   auto step_ids = input_ids;
   auto step_pos = positions;
-  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+  for (int64_t i = 0; i < o.max_new_tokens(); ++i) {
     auto logits = lm.forward(step_ids, attention_mask.defined() ? mask : at::Tensor(), &cache, step_pos)
                       .select(1, -1)
                       .to(at::kFloat);
     at::Tensor next;
-    if (o.do_sample) {
-      auto probs = at::softmax(detail::filter_logits(logits / o.temperature, o), -1);
+    if (o.do_sample()) {
+      auto probs = at::softmax(detail::filter_logits(logits / o.temperature(), o), -1);
       next = at::multinomial(probs, 1, false, gen ? c10::optional<at::Generator>(*gen) : c10::nullopt).squeeze(1);
     } else {
       next = logits.argmax(-1);
     }
-    next = at::where(finished, at::full_like(next, o.pad_token_id), next);
+    next = at::where(finished, at::full_like(next, o.pad_token_id()), next);
     out = at::cat({out, next.unsqueeze(1)}, 1);
     for (auto e : eos) finished = finished | (next == e);
     if (finished.all().item<bool>()) break;

@@ -3,7 +3,7 @@
 /// Loading and saving whole-model checkpoints in Hugging Face's layout: `model.safetensors`, or shards
 /// listed in `model.safetensors.index.json`, plus `config.json`.
 ///
-///     auto report = peft::load_pretrained(*model, "bert-base-uncased/", {.strict = false});
+///     auto report = peft::load_pretrained(*model, "bert-base-uncased/", peft::LoadOptions().strict(false));
 ///     peft::save_pretrained(*model, "out/");   // model.safetensors + config.json, written atomically
 
 #include <peft/detail/atomic_file.hpp>
@@ -11,6 +11,8 @@
 #include <peft/model.hpp>
 #include <peft/models/common.hpp>
 #include <peft/safetensors.hpp>
+
+#include <torch/arg.h>
 
 #include <filesystem>
 #include <map>
@@ -21,15 +23,16 @@
 
 namespace peft {
 
+/// Options of load_pretrained, set LibTorch-style: `peft::LoadOptions().strict(false)`.
 struct LoadOptions {
   /// Strict: a checkpoint tensor the model has no place for is an error. Non-strict: such tensors are
   /// skipped and listed in the report (e.g. a pretraining head). Missing or mis-shaped tensors are
   /// always errors.
-  bool strict = true;
+  TORCH_ARG(bool, strict) = true;
   /// Missing tensors of the model's task head (PretrainedModel::head_modules(), e.g. `classifier` when
   /// a BertForSequenceClassification loads a BertModel checkpoint) keep their fresh initialization and
   /// are listed in LoadReport::new_head, as in Hugging Face. false: they are errors like any missing key.
-  bool allow_new_head = true;
+  TORCH_ARG(bool, allow_new_head) = true;
 };
 
 /// What load_pretrained did.
@@ -42,9 +45,10 @@ struct LoadReport {
   std::vector<std::string> new_head;    ///< head tensors absent from the checkpoint, left initialized
 };
 
+/// Options of save_pretrained: `peft::SaveOptions().max_shard_bytes(2'000'000'000)`.
 struct SaveOptions {
   /// Split into shards of at most this many bytes (0: one file). A shard holds at least one tensor.
-  int64_t max_shard_bytes = 0;
+  TORCH_ARG(int64_t, max_shard_bytes) = 0;
 };
 
 namespace detail {
@@ -196,10 +200,10 @@ inline LoadReport load_pretrained(ModelRef model, const std::string& path, const
   };
   for (const auto& [k, t] : want) {
     if (found.count(k)) continue;
-    if (options.allow_new_head && in_head(k)) report.new_head.push_back(k);
+    if (options.allow_new_head() && in_head(k)) report.new_head.push_back(k);
     else missing.push_back(k);
   }
-  if (!options.strict) {
+  if (!options.strict()) {
     report.skipped = unexpected;
     unexpected.clear();
   }
@@ -238,7 +242,7 @@ inline void save_pretrained(ModelRef model, const std::string& dir, const SaveOp
   int64_t bytes = 0, total = 0;
   for (auto& [k, t] : state) {
     const int64_t n = t.numel() * static_cast<int64_t>(t.element_size());
-    if (options.max_shard_bytes > 0 && bytes > 0 && bytes + n > options.max_shard_bytes) shards.emplace_back(), bytes = 0;
+    if (options.max_shard_bytes() > 0 && bytes > 0 && bytes + n > options.max_shard_bytes()) shards.emplace_back(), bytes = 0;
     shards.back().emplace_back(k, t.detach().to(at::kCPU).contiguous());
     bytes += n, total += n;
   }

@@ -7,7 +7,7 @@
 ///
 ///     auto cfg = peft::models::ViTConfig::from_file("vit/config.json");
 ///     peft::models::ViTForImageClassification vit(cfg);
-///     peft::load_pretrained(*vit, "vit/", {.strict = false});   // skip the pretraining head
+///     peft::load_pretrained(*vit, "vit/", peft::LoadOptions().strict(false));   // skip the pretraining head
 ///     auto logits = vit->forward(pixels);                       // [B, num_labels]
 
 #include <peft/conv2d.hpp>

@@ -6,7 +6,9 @@
 /// supplied by tuners (prefix tuning).
 ///
 ///     peft::nn::MultiHeadAttention attn(peft::nn::MultiHeadAttentionOptions(512, 8).num_kv_heads(2));
-///     auto y = attn(x, {.mask = peft::nn::make_attention_mask(pad_mask, x.size(1), 0, true, x)});
+///     peft::nn::AttentionInputs in;
+///     in.mask = peft::nn::make_attention_mask(pad_mask, x.size(1), /*past=*/0, /*causal=*/true, x);
+///     auto y = attn->forward(x, in);
 
 #include <peft/detail/compat.hpp>
 #include <peft/detail/safetensors_header.hpp>
