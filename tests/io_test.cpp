@@ -267,8 +267,11 @@ TEST_CASE("adapters that do not fit are rejected and the model is left untouched
     c["r"] = "four";
     CHECK_THAT(try_load(good.tensors, c), Catch::Contains("field 'r' has the wrong type"));
     c = cfg;
-    c["use_dora"] = true;
-    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("use_dora"));
+    c["use_dora"] = true;  // a plain LoRA file under a DoRA config: the magnitudes are missing
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("missing tensor 'base_model.model.layers.0.attn.q.lora_magnitude_vector'"));
+    c = cfg;
+    c["lora_bias"] = true;
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("lora_bias"));
   }
   SECTION("missing files") {
     ToyModel fresh;

@@ -14,6 +14,9 @@
 /// anything: a failed load leaves the model exactly as it was.
 
 #include <peft/bitfit.hpp>
+#include <peft/bottleneck.hpp>
+#include <peft/ia3.hpp>
+#include <peft/rlrr.hpp>
 #include <peft/detail/atomic_file.hpp>
 #include <peft/lora.hpp>
 #include <peft/model.hpp>
@@ -44,6 +47,15 @@ inline std::map<std::string, ConfigParser>& config_parsers() {
        }},
       {"BITFIT", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
          return std::make_shared<BitFitConfig>(BitFitConfig::from_json(j, src));
+       }},
+      {"IA3", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<IA3Config>(IA3Config::from_json(j, src));
+       }},
+      {"RLRR", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<RLRRConfig>(RLRRConfig::from_json(j, src));
+       }},
+      {"BOTTLENECK", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<BottleneckConfig>(BottleneckConfig::from_json(j, src));
        }},
   };
   return parsers;

@@ -23,6 +23,7 @@ class Conv2dImpl : public TunableImpl<Conv2dImpl, torch::nn::Conv2dImpl, Conv2dO
   at::Tensor forward(const at::Tensor& input) { return tuned_forward(input); }
 
   const char* op_kind() const override { return "Conv2d"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.in_channels(), options.out_channels()}; }
   /// The convolution as a function of its weights, with torch's padding-mode handling.
   at::Tensor run(const at::Tensor& x, const WeightSet& w) const {
     namespace F = torch::nn::functional;

@@ -21,6 +21,10 @@ class LayerNormImpl : public TunableImpl<LayerNormImpl, torch::nn::LayerNormImpl
   at::Tensor forward(const at::Tensor& input) { return tuned_forward(input); }
 
   const char* op_kind() const override { return "LayerNorm"; }
+  std::pair<int64_t, int64_t> features() const override {
+    const auto d = options.normalized_shape().back();
+    return {d, d};
+  }
   at::Tensor run(const at::Tensor& x, const WeightSet& w) const {
     return at::layer_norm(x, options.normalized_shape(), w.weight, w.bias, options.eps());
   }

@@ -23,6 +23,7 @@ class LinearImpl : public TunableImpl<LinearImpl, torch::nn::LinearImpl, LinearO
   at::Tensor forward(const at::Tensor& input) { return tuned_forward(input); }
 
   const char* op_kind() const override { return "Linear"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.in_features(), options.out_features()}; }
   at::Tensor run(const at::Tensor& x, const WeightSet& w) const {
     return torch::nn::functional::linear(x, w.weight, w.bias);
   }

@@ -114,7 +114,6 @@ class LoraConfig : public AdapterConfig {
       fail("lora_dropout must be in [0, 1), received " + std::to_string(lora_dropout_));
     if (bias_ != "none" && bias_ != "all" && bias_ != "lora_only")
       fail("bias must be \"none\", \"all\" or \"lora_only\", received \"" + bias_ + "\"");
-    if (use_dora_) fail("use_dora=true (DoRA) is not supported by this version of the library");
     if (!(init_lora_weights_.mode == "true" || init_lora_weights_.mode == "false" ||
           init_lora_weights_.mode == "gaussian"))
       fail("init_lora_weights must be true, false or \"gaussian\", received \"" + init_lora_weights_.mode + "\"");
@@ -377,12 +376,95 @@ class LoraConv2dImpl : public torch::nn::Cloneable<LoraConv2dImpl>, public Tuner
 };
 TORCH_MODULE(LoraConv2d);
 
+/// DoRA (arXiv 2402.09353) on a Linear slot: LoRA plus a magnitude vector m [out] over the
+/// row-normalized adapted weight, W' = (m / ||W + s B A||) (W + s B A), the norm detached from the graph.
+/// Computed as Hugging Face PEFT does, without forming W' for the input:
+///     y = base(x) + (g - 1) * (x_d Wᵀ) + g * s * (x_d Aᵀ Bᵀ),   g = m / ||W + s B A||,  x_d = dropout(x).
+class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner {
+ public:
+  /// `weight`: the frozen W, used once to initialize m = ||W|| (B = 0 at init).
+  DoraLinearImpl(const at::Tensor& weight, LoraSpec spec)
+      : in_features(weight.size(1)), out_features(weight.size(0)), spec(std::move(spec)) {
+    reset();
+    torch::NoGradGuard g;
+    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_A.dtype())));
+  }
+  int64_t in_features, out_features;
+  LoraSpec spec;
+  at::Tensor lora_A, lora_B, lora_magnitude_vector;
+
+  void reset() override {
+    lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, in_features}));
+    lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
+    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
+                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
+                                                                                       : at::ones({out_features}));
+    init_lora_pair(lora_A, lora_B, spec.init, spec.r);
+  }
+
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "dora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+
+  /// ||W + s B A|| per output row, detached.
+  at::Tensor weight_norm(const at::Tensor& w) const {
+    torch::NoGradGuard g;
+    return (w + at::mm(lora_B, lora_A) * spec.scaling).norm(2, {1});
+  }
+  at::Tensor parallel(const at::Tensor&, const at::Tensor&) override {
+    throw StateError("DoRA needs the frozen weight: the slot calls parallel_with()");
+  }
+  at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) override {
+    at::Tensor xd = x;
+    if (spec.dropout > 0 && is_training())
+      xd = torch::nn::functional::dropout(x, torch::nn::functional::DropoutFuncOptions().p(spec.dropout).training(true));
+    const auto w = base.weight.to(lora_A.scalar_type());
+    const auto g = lora_magnitude_vector / weight_norm(w);
+    const auto lora = at::matmul(at::matmul(xd, lora_A.t()), lora_B.t()) * spec.scaling;
+    return y + (g - 1) * at::matmul(xd, w.t()) + g * lora;
+  }
+  WeightSet delta(const WeightSet& base) const override {
+    const auto w = base.weight.to(lora_A.scalar_type());
+    const auto adapted = w + at::mm(lora_B, lora_A) * spec.scaling;
+    return {(lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted - w, {}};
+  }
+  void merge(WeightSet& base) const override {
+    merged_norm_ = weight_norm(base.weight.to(lora_A.scalar_type()));
+    Tuner::merge(base);
+  }
+  void unmerge(WeightSet& base) const override {
+    if (!merged_norm_.defined()) throw StateError("DoRA: unmerge without a merge");
+    const auto g = (lora_magnitude_vector / merged_norm_).unsqueeze(1);
+    const auto w = base.weight.to(lora_A.scalar_type()) / g - at::mm(lora_B, lora_A) * spec.scaling;
+    base.weight.copy_(w.to(base.weight.scalar_type()));
+    merged_norm_ = at::Tensor();
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}, {"lora_magnitude_vector", lora_magnitude_vector}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::DoraLinear(in_features=" << in_features << ", out_features=" << out_features << ", r=" << spec.r
+      << ", alpha=" << spec.alpha << ", scaling=" << spec.scaling << ")";
+  }
+
+ private:
+  mutable at::Tensor merged_norm_;  // ||W + sBA|| at merge time, to undo it exactly
+};
+TORCH_MODULE(DoraLinear);
+
 inline std::shared_ptr<torch::nn::Module> LoraConfig::make_tuner(TunableSlot& slot, const std::string& name,
                                                                  const std::shared_ptr<const AdapterConfig>& self) const {
   auto [r, alpha] = rank_alpha(name);
   if (r <= 0) throw ConfigError("LoraConfig: rank for module '" + name + "' must be positive, received " + std::to_string(r));
   LoraSpec spec{r, alpha, lora_scaling(alpha, r, use_rslora_), lora_dropout_, init_lora_weights_.mode, self};
   auto& m = slot.as_module();
+  if (use_dora_) {
+    if (!dynamic_cast<LinearImpl*>(&m))
+      throw MatchError("DoRA (use_dora) cannot adapt module '" + name + "' of kind " + slot.op_kind() + " (expected Linear)");
+    return std::make_shared<DoraLinearImpl>(slot.base_weights().weight, spec);
+  }
   if (auto* lin = dynamic_cast<LinearImpl*>(&m))
     return std::make_shared<LoraLinearImpl>(lin->options.in_features(), lin->options.out_features(), spec);
   if (auto* emb = dynamic_cast<EmbeddingImpl*>(&m)) return std::make_shared<LoraEmbeddingImpl>(emb->options, spec);

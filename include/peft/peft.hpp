@@ -10,6 +10,9 @@
 #include <peft/detail/compat.hpp>
 #include <peft/adapter_io.hpp>
 #include <peft/bitfit.hpp>
+#include <peft/bottleneck.hpp>
+#include <peft/ia3.hpp>
+#include <peft/rlrr.hpp>
 #include <peft/conv2d.hpp>
 #include <peft/embedding.hpp>
 #include <peft/error.hpp>

@@ -34,6 +34,9 @@ class TunableSlot {
   virtual torch::nn::Module& as_module() = 0;
   /// The frozen tensors (live parameters, not copies).
   virtual WeightSet base_weights() const = 0;
+  /// Input and output widths of the op (last dimension of x and y; channels for Conv2d), for tuners
+  /// that build their own layers (bottleneck adapters). {0, 0} when unknown.
+  virtual std::pair<int64_t, int64_t> features() const { return {0, 0}; }
 
   /// Adds a tuner under `name` (it becomes a child module and, if `name` is active, takes part in
   /// forward). Throws StateError if the name is taken or invalid.
@@ -209,7 +212,10 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
       for (Tuner* t : weight_) t->reparameterize(w);
       y = run(h, w);
     }
-    for (Tuner* t : parallel_) y = t->parallel(h, y);
+    if (!parallel_.empty()) {
+      const WeightSet base = base_weights();
+      for (Tuner* t : parallel_) y = t->parallel_with(h, y, base);
+    }
     for (Tuner* t : output_) y = t->output(y);
     return y;
   }
@@ -316,7 +322,8 @@ class CompositeSlot : public SlotBase<Derived> {
 /// checkpoint key.
 class SiteImpl : public CompositeSlot<SiteImpl> {
  public:
-  explicit SiteImpl(std::string kind = "Site") : kind_(std::move(kind)) {}
+  explicit SiteImpl(std::string kind = "Site", int64_t hidden = 0) : kind_(std::move(kind)), hidden_(hidden) {}
+  std::pair<int64_t, int64_t> features() const override { return {hidden_, hidden_}; }
   void reset() override { reset_adapters(); }
   template <class Op>
   at::Tensor forward(const at::Tensor& x, Op&& op) {
@@ -327,6 +334,7 @@ class SiteImpl : public CompositeSlot<SiteImpl> {
 
  private:
   std::string kind_;
+  int64_t hidden_;
 };
 TORCH_MODULE(Site);
 

@@ -69,6 +69,12 @@ class Tuner {
   virtual at::Tensor input(const at::Tensor& x) { unsupported("input"); return x; }
   /// parallel placement: returns y + U(x), where y = OP(x). Implementations fuse the add.
   virtual at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) { (void)x; unsupported("parallel"); return y; }
+  /// parallel placement for tuners that also need the op's frozen weights (DoRA). The frame calls
+  /// this one; the default ignores `base` and calls parallel().
+  virtual at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) {
+    (void)base;
+    return parallel(x, y);
+  }
   /// output placement: returns U(y).
   virtual at::Tensor output(const at::Tensor& y) { unsupported("output"); return y; }
   /// weight placement: rewrites w (differentiably) before the op runs. Default: w += delta(w).

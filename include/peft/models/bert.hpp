@@ -132,6 +132,7 @@ class BertEmbeddingsImpl : public CompositeSlot<BertEmbeddingsImpl> {
     });
   }
   const char* op_kind() const override { return "Embeddings"; }
+  std::pair<int64_t, int64_t> features() const override { return {0, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::BertEmbeddings"; }
 
   BertConfig config;
@@ -161,6 +162,7 @@ class BertAttentionImpl : public CompositeSlot<BertAttentionImpl> {
     return output->LayerNorm(y + x);
   }
   const char* op_kind() const override { return "Attention"; }
+  std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::BertAttention(heads=" << config.num_attention_heads << ")"; }
 
   BertConfig config;
@@ -179,7 +181,7 @@ class BertLayerImpl : public CompositeSlot<BertLayerImpl> {
     attention = register_module("attention", BertAttention(config));
     intermediate = register_module("intermediate", layout::Dense(d, i));
     output = register_module("output", layout::Dense(i, d, true, config.layer_norm_eps));
-    mlp = register_module("mlp", Site("FFN"));
+    mlp = register_module("mlp", Site("FFN", config.hidden_size));
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
@@ -192,6 +194,7 @@ class BertLayerImpl : public CompositeSlot<BertLayerImpl> {
     });
   }
   const char* op_kind() const override { return "Block"; }
+  std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::BertLayer"; }
 
   BertConfig config;

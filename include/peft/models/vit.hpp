@@ -133,6 +133,7 @@ class ViTEmbeddingsImpl : public CompositeSlot<ViTEmbeddingsImpl> {
     });
   }
   const char* op_kind() const override { return "Embeddings"; }
+  std::pair<int64_t, int64_t> features() const override { return {0, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::ViTEmbeddings"; }
 
   /// `patch_embeddings.projection`.
@@ -171,6 +172,7 @@ class ViTAttentionImpl : public CompositeSlot<ViTAttentionImpl> {
     });
   }
   const char* op_kind() const override { return "Attention"; }
+  std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::ViTAttention(heads=" << config.num_attention_heads << ")"; }
 
   ViTConfig config;
@@ -191,7 +193,7 @@ class ViTLayerImpl : public CompositeSlot<ViTLayerImpl> {
     output = register_module("output", layout::Dense(i, d));
     layernorm_before = register_module("layernorm_before", LayerNorm(LayerNormOptions({d}).eps(config.layer_norm_eps)));
     layernorm_after = register_module("layernorm_after", LayerNorm(LayerNormOptions({d}).eps(config.layer_norm_eps)));
-    mlp = register_module("mlp", Site("FFN"));
+    mlp = register_module("mlp", Site("FFN", config.hidden_size));
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
@@ -204,6 +206,7 @@ class ViTLayerImpl : public CompositeSlot<ViTLayerImpl> {
     });
   }
   const char* op_kind() const override { return "Block"; }
+  std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::ViTLayer"; }
 
   ViTConfig config;

@@ -187,7 +187,8 @@ inline at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Ten
     auto future = at::ones({t, s}, q.options().dtype(at::kBool)).triu(s - t + 1);
     scores = scores.masked_fill(future, lowest(scores.scalar_type()));
   }
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  // Softmax in at least float32 (as Hugging Face does for half types); double stays double.
+  auto probs = at::softmax(scores, -1, at::promote_types(scores.scalar_type(), at::kFloat)).to(q.scalar_type());
   if (dropout_p > 0) probs = at::dropout(probs, dropout_p, true);
   return at::matmul(probs, v);
 }
@@ -315,6 +316,7 @@ class MultiHeadAttentionImpl : public CompositeSlot<MultiHeadAttentionImpl> {
   }
 
   const char* op_kind() const override { return "Attention"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.hidden_size(), options.hidden_size()}; }
   void pretty_print_op(std::ostream& s) const {
     s << "peft::nn::MultiHeadAttention(hidden=" << options.hidden_size() << ", heads=" << options.num_heads()
       << ", kv_heads=" << options.num_kv_heads() << ", head_dim=" << options.head_dim() << ")";

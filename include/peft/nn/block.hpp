@@ -70,6 +70,10 @@ class TransformerBlockImpl : public CompositeSlot<TransformerBlockImpl> {
   }
 
   const char* op_kind() const override { return "Block"; }
+  std::pair<int64_t, int64_t> features() const override {
+    const auto d = options.attention().hidden_size();
+    return {d, d};
+  }
   void pretty_print_op(std::ostream& s) const {
     s << "peft::nn::TransformerBlock(" << (options.pre_norm() ? "pre-norm" : "post-norm") << ")";
   }

@@ -58,6 +58,7 @@ class MlpImpl : public CompositeSlot<MlpImpl> {
     });
   }
   const char* op_kind() const override { return "FFN"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.hidden_size(), options.hidden_size()}; }
   void pretty_print_op(std::ostream& s) const {
     s << "peft::nn::Mlp(" << options.hidden_size() << " -> " << options.intermediate_size() << ", "
       << options.activation() << ")";
@@ -96,6 +97,7 @@ class GatedMlpImpl : public CompositeSlot<GatedMlpImpl> {
     return tuned(x, [&](const at::Tensor& h) { return down_proj(act_(gate_proj(h)) * up_proj(h)); });
   }
   const char* op_kind() const override { return "FFN"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.hidden_size(), options.hidden_size()}; }
   void pretty_print_op(std::ostream& s) const {
     s << "peft::nn::GatedMlp(" << options.hidden_size() << " -> " << options.intermediate_size() << ", "
       << options.activation() << ")";

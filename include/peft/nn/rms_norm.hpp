@@ -20,7 +20,7 @@ struct RMSNormOptions {
 namespace nn::functional {
 /// RMSNorm exactly as LLaMA computes it.
 inline at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  auto h = x.to(at::kFloat);
+  auto h = x.to(at::promote_types(x.scalar_type(), at::kFloat));  // float32 at least, as LLaMA computes it
   h = h * at::rsqrt(h.pow(2).mean({-1}, true) + eps);
   return weight * h.to(x.scalar_type());
 }
@@ -44,6 +44,7 @@ class RMSNormImpl : public TunableImpl<RMSNormImpl, detail::RMSNormOp, RMSNormOp
   at::Tensor forward(const at::Tensor& input) { return tuned_forward(input); }
 
   const char* op_kind() const override { return "RMSNorm"; }
+  std::pair<int64_t, int64_t> features() const override { return {options.dim(), options.dim()}; }
   at::Tensor run(const at::Tensor& x, const WeightSet& w) const {
     return nn::functional::rms_norm(x, w.weight, options.eps());
   }

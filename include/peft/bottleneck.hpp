@@ -1,0 +1,194 @@
+#pragma once
+/// \file bottleneck.hpp
+/// Bottleneck adapters: Down [b, d] -> nonlinearity -> Up [d, b], Up zero-initialized so the adapter
+/// starts as the identity (not mergeable: nonlinear).
+///
+/// | variant  | where (default targets)                 | computes                          |
+/// |----------|-----------------------------------------|-----------------------------------|
+/// | houlsby  | after attention and after the FFN       | h + Up(act(Down(h))), h = OP(x)   |
+/// | pfeiffer | after the FFN                           | h + Up(act(Down(h)))              |
+/// | parallel | parallel to the FFN (or to attention)   | OP(x) + scaling · Up(act(Down(x)))|
+///
+/// Default targets are the model's composite ops by kind (op_kind "Attention" / "FFN"), so the same
+/// config works on ViT (`layer.N.attention`, `layer.N.mlp`), BERT and LLaMA (`self_attn`, `mlp`);
+/// target_modules names other modules (a Linear works too).
+///
+///     peft::attach(*bert, peft::BottleneckConfig().variant("pfeiffer").reduction_factor(16));
+///
+/// File layout (ours): peft_type "BOTTLENECK"; `base_model.model.<module>.adapter_down.weight` [b, in],
+/// `.adapter_down.bias` [b], `.adapter_up.weight` [out, b], `.adapter_up.bias` [out].
+
+#include <peft/adapter_config.hpp>
+#include <peft/detail/json_fields.hpp>
+#include <peft/nn/feed_forward.hpp>
+#include <peft/tuner.hpp>
+#include <peft/version.hpp>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/linear.h>
+
+namespace peft {
+
+class BottleneckConfig : public AdapterConfig {
+ public:
+  /// "houlsby", "pfeiffer" or "parallel".
+  TORCH_ARG(std::string, variant) = "houlsby";
+  /// Explicit targets (module names); empty: by op kind as the variant says.
+  TORCH_ARG(TargetModules, target_modules);
+  TORCH_ARG(TargetModules, exclude_modules);
+  TORCH_ARG(std::vector<int64_t>, layers_to_transform);
+  TORCH_ARG(std::vector<std::string>, layers_pattern);
+  TORCH_ARG(std::vector<std::string>, modules_to_save);
+  /// Bottleneck width; 0: width / reduction_factor.
+  TORCH_ARG(int64_t, bottleneck_size) = 0;
+  TORCH_ARG(int64_t, reduction_factor) = 16;
+  /// "relu", "gelu" or "silu".
+  TORCH_ARG(std::string, non_linearity) = "relu";
+  /// Multiplier of the adapter branch (the parallel adapter's s; 1 for the sequential ones).
+  TORCH_ARG(double, scaling) = 1.0;
+  /// For variant "parallel" without target_modules: sit parallel to attention instead of the FFN.
+  TORCH_ARG(bool, parallel_to_attention) = false;
+  TORCH_ARG(std::string, task_type);
+  TORCH_ARG(std::string, base_model_name_or_path);
+  TORCH_ARG(bool, inference_mode) = false;
+
+ public:
+  std::string peft_type() const override { return "BOTTLENECK"; }
+  TargetRules target_rules() const override {
+    return {target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_};
+  }
+  std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+  Placement placement() const { return variant_ == "parallel" ? Placement::parallel : Placement::output; }
+  void validate() const override {
+    auto fail = [](const std::string& m) { throw ConfigError("BottleneckConfig: " + m); };
+    if (variant_ != "houlsby" && variant_ != "pfeiffer" && variant_ != "parallel")
+      fail("variant must be houlsby, pfeiffer or parallel, received \"" + variant_ + "\"");
+    if (bottleneck_size_ < 0) fail("bottleneck_size must be >= 0");
+    if (bottleneck_size_ == 0 && reduction_factor_ <= 0) fail("reduction_factor must be positive");
+    if (non_linearity_ != "relu" && non_linearity_ != "gelu" && non_linearity_ != "silu")
+      fail("non_linearity must be relu, gelu or silu, received \"" + non_linearity_ + "\"");
+  }
+  bool targets(const TunableSlot& slot, const std::string& name) const override {
+    if (!target_modules_.empty()) return target_rules().matches(name);
+    if (exclude_modules_.matches(name)) return false;
+    const std::string kind = slot.op_kind();
+    bool wanted = false;
+    if (variant_ == "houlsby") wanted = kind == "Attention" || kind == "FFN";
+    else if (variant_ == "pfeiffer") wanted = kind == "FFN";
+    else wanted = parallel_to_attention_ ? kind == "Attention" : kind == "FFN";
+    if (!wanted) return false;
+    if (layers_to_transform_.empty()) return true;
+    const auto idx = layer_index(name, layers_pattern_);
+    return idx && std::count(layers_to_transform_.begin(), layers_to_transform_.end(), *idx) > 0;
+  }
+  std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
+                                                const std::shared_ptr<const AdapterConfig>& self) const override;
+
+  nlohmann::ordered_json to_json() const override {
+    nlohmann::ordered_json j;
+    j["peft_type"] = "BOTTLENECK";
+    j["base_model_name_or_path"] = detail::null_if_empty(base_model_name_or_path_);
+    j["task_type"] = detail::null_if_empty(task_type_);
+    j["inference_mode"] = inference_mode_;
+    j["variant"] = variant_;
+    j["target_modules"] = target_modules_.to_json();
+    j["exclude_modules"] = exclude_modules_.to_json();
+    j["layers_to_transform"] = detail::null_if_empty(layers_to_transform_);
+    j["layers_pattern"] = detail::null_if_empty(layers_pattern_);
+    j["modules_to_save"] = detail::null_if_empty(modules_to_save_);
+    j["bottleneck_size"] = bottleneck_size_;
+    j["reduction_factor"] = reduction_factor_;
+    j["non_linearity"] = non_linearity_;
+    j["scaling"] = scaling_;
+    j["parallel_to_attention"] = parallel_to_attention_;
+    j["peft_version"] = hf_peft_format_version;
+    j["library"] = std::string("peft-cpp ") + version;
+    return j;
+  }
+  static BottleneckConfig from_json(const nlohmann::ordered_json& j, const std::string& source) {
+    BottleneckConfig c;
+    detail::read_field(j, "variant", c.variant_, source);
+    if (j.contains("target_modules")) c.target_modules_ = TargetModules::from_json(j["target_modules"], "target_modules");
+    if (j.contains("exclude_modules")) c.exclude_modules_ = TargetModules::from_json(j["exclude_modules"], "exclude_modules");
+    c.layers_to_transform_ = detail::read_int_list(j, "layers_to_transform", source);
+    c.layers_pattern_ = detail::read_string_list(j, "layers_pattern", source);
+    c.modules_to_save_ = detail::read_string_list(j, "modules_to_save", source);
+    detail::read_field(j, "bottleneck_size", c.bottleneck_size_, source);
+    detail::read_field(j, "reduction_factor", c.reduction_factor_, source);
+    detail::read_field(j, "non_linearity", c.non_linearity_, source);
+    detail::read_field(j, "scaling", c.scaling_, source);
+    detail::read_field(j, "parallel_to_attention", c.parallel_to_attention_, source);
+    detail::read_field(j, "task_type", c.task_type_, source);
+    detail::read_field(j, "base_model_name_or_path", c.base_model_name_or_path_, source);
+    detail::read_field(j, "inference_mode", c.inference_mode_, source);
+    return c;
+  }
+  bool frozen() const override { return inference_mode_; }
+  void set_frozen(bool f) override { inference_mode_ = f; }
+  std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<BottleneckConfig>(*this); }
+};
+
+/// One bottleneck adapter: output placement h + s·Up(act(Down(h))), or parallel y + s·Up(act(Down(x))).
+class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner {
+ public:
+  BottleneckImpl(int64_t in, int64_t out, int64_t size, std::string act, double scaling, Placement where,
+                 std::shared_ptr<const AdapterConfig> config)
+      : in_features(in), out_features(out), size(size), act_name(std::move(act)), scaling(scaling), where(where),
+        config_(std::move(config)) {
+    reset();
+  }
+  int64_t in_features, out_features, size;
+  std::string act_name;
+  double scaling;
+  Placement where;
+  torch::nn::Linear adapter_down{nullptr}, adapter_up{nullptr};
+
+  void reset() override {
+    act_ = nn::activation(act_name);
+    adapter_down = register_module("adapter_down", torch::nn::Linear(in_features, size));
+    adapter_up = register_module("adapter_up", torch::nn::Linear(size, out_features));
+    torch::NoGradGuard g;
+    adapter_up->weight.zero_();
+    adapter_up->bias.zero_();
+  }
+  Placement placement() const override { return where; }
+  std::string method() const override { return "bottleneck"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return config_; }
+  torch::nn::Module& as_module() override { return *this; }
+
+  at::Tensor branch(const at::Tensor& h) { return adapter_up(act_(adapter_down(h))); }
+  at::Tensor output(const at::Tensor& y) override { return scaling == 1.0 ? y + branch(y) : y + scaling * branch(y); }
+  at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override {
+    return scaling == 1.0 ? y + branch(x) : y + scaling * branch(x);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"adapter_down.weight", adapter_down->weight},
+            {"adapter_down.bias", adapter_down->bias},
+            {"adapter_up.weight", adapter_up->weight},
+            {"adapter_up.bias", adapter_up->bias}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::Bottleneck(" << placement_name(where) << ", " << in_features << " -> " << size << " -> " << out_features
+      << ", " << act_name << ", scaling=" << scaling << ")";
+  }
+
+ private:
+  std::function<at::Tensor(const at::Tensor&)> act_;
+  std::shared_ptr<const AdapterConfig> config_;
+};
+TORCH_MODULE(Bottleneck);
+
+inline std::shared_ptr<torch::nn::Module> BottleneckConfig::make_tuner(TunableSlot& slot, const std::string& name,
+                                                                       const std::shared_ptr<const AdapterConfig>& self) const {
+  auto [in, out] = slot.features();
+  const auto where = placement();
+  if (where == Placement::output) in = out;  // the adapter reads the op's output
+  if (in <= 0 || out <= 0)
+    throw MatchError("bottleneck adapter cannot adapt module '" + name + "' (" + slot.op_kind() +
+                     "): its input/output width is unknown (expected a Linear or a composite op)");
+  const int64_t size = bottleneck_size_ > 0 ? bottleneck_size_ : std::max<int64_t>(1, out / reduction_factor_);
+  return std::make_shared<BottleneckImpl>(in, out, size, non_linearity_, scaling_, where, self);
+}
+
+}  // namespace peft

@@ -1,0 +1,242 @@
+// The tuner catalogue on real model-zoo models: for every method, the parameter count against its
+// formula, the output at init, gradients (finite differences in double, and frozen base), merge and
+// unmerge, and a save -> load round trip that reproduces the outputs exactly.
+
+#include "support/test_support.hpp"
+
+using namespace peft_test;
+namespace M = peft::models;
+
+namespace {
+
+M::ViTConfig tiny_vit() {
+  M::ViTConfig c;
+  c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4, c.intermediate_size = 64;
+  c.image_size = 28, c.patch_size = 7, c.num_channels = 1, c.num_labels = 10;
+  return c;
+}
+
+std::shared_ptr<M::ViTForImageClassificationImpl> make_vit(uint64_t seed = 1) {
+  torch::manual_seed(seed);
+  auto m = std::make_shared<M::ViTForImageClassificationImpl>(tiny_vit());
+  m->eval();
+  return m;
+}
+
+/// Sets every trainable adapter tensor to random values so that nothing below is trivially zero.
+void randomize_adapters(torch::nn::Module& m) {
+  torch::NoGradGuard g;
+  for (const auto& s : peft::tunable_slots(m))
+    for (const auto& n : s.slot->adapter_names())
+      for (auto& p : s.slot->adapter(n)->as_module().parameters()) p.copy_(p + 0.1 * torch::randn_like(p));
+}
+
+struct Expect {
+  int64_t trainable;
+  bool mergeable;
+  bool identity_at_init;
+};
+
+/// Runs the whole battery for one config on a tiny ViT.
+void check_method(const peft::AdapterConfig& cfg, const Expect& e) {
+  auto vit = make_vit();
+  auto px = torch::randn({2, 1, 28, 28});
+  torch::Tensor base;
+  {
+    torch::NoGradGuard g;
+    base = vit->forward(px);
+  }
+  peft::attach(*vit, cfg);
+  const auto count = peft::count_parameters(*vit);
+  CHECK(count.trainable == e.trainable);
+  {
+    torch::NoGradGuard g;
+    if (e.identity_at_init) CHECK_THAT(vit->forward(px), AllClose(base, 1e-6, 0));
+    else CHECK_FALSE(torch::allclose(vit->forward(px), base, 1e-4, 1e-4));
+  }
+  randomize_adapters(*vit);
+
+  // Gradients: only adapters (and modules_to_save) get them, the base none.
+  vit->zero_grad();
+  vit->forward(px).sum().backward();
+  for (const auto& p : vit->named_parameters()) {
+    INFO(p.key());
+    CHECK(p.value().grad().defined() == p.value().requires_grad());
+  }
+
+  // Finite differences in double over every adapter tensor.
+  {
+    auto d = std::dynamic_pointer_cast<M::ViTForImageClassificationImpl>(vit->clone());
+    d->to(torch::kDouble);
+    auto pxd = px.to(torch::kDouble).slice(0, 0, 1);
+    // DoRA's weight norm is detached by design (paper, section 4.3), so finite differences match
+    // autograd only for its magnitude vector.
+    std::vector<torch::Tensor> params;
+    for (const auto& s : peft::tunable_slots(*d))
+      if (auto* t = s.slot->adapter("default"))
+        for (auto& p : t->as_module().named_parameters())
+          if (t->method() != "dora" || p.key() == "lora_magnitude_vector") params.push_back(p.value());
+    REQUIRE_FALSE(params.empty());
+    // Bound the cost: every tensor of the first two tuners, and one of each further tuner.
+    std::vector<torch::Tensor> some(params.begin(), params.begin() + std::min<std::size_t>(params.size(), 8));
+    CHECK(gradcheck([&] { return d->forward(pxd); }, some) < 1e-5);
+  }
+
+  // Merge: same outputs, unmerge restores the weights.
+  torch::NoGradGuard g;
+  auto out = vit->forward(px);
+  if (e.mergeable) {
+    std::vector<torch::Tensor> before;
+    for (auto& p : vit->parameters()) before.push_back(p.clone());
+    peft::merge_adapter(*vit);
+    CHECK_THAT(vit->forward(px), AllClose(out, 1e-5, 1e-5));
+    peft::unmerge_adapter(*vit);
+    auto after = vit->parameters();
+    for (std::size_t i = 0; i < before.size(); ++i) CHECK_THAT(after[i], AllClose(before[i], 1e-5, 1e-5));
+    CHECK_THAT(vit->forward(px), AllClose(out, 1e-5, 1e-5));
+  } else {
+    CHECK_THROWS_AS(peft::merge_adapter(*vit), peft::StateError);
+  }
+
+  // Save -> load into a fresh model with the same base weights: identical outputs.
+  TempDir dir;
+  peft::save_adapter(*vit, dir.path());
+  auto fresh = make_vit();
+  peft::load_adapter(*fresh, dir.path());
+  CHECK(torch::equal(fresh->forward(px), out));
+  CHECK(peft::adapter_config(*fresh, "default")->peft_type() == cfg.peft_type());
+}
+
+}  // namespace
+
+TEST_CASE("IA3: key/value rescaled at the output, the FFN activation at the input", "[methods][ia3]") {
+  auto cfg = peft::IA3Config()
+                 .target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
+                 .feedforward_modules(".*layer\\.\\d+\\.output\\.dense");
+  // Per layer: key [32, 1] + value [32, 1] + output.dense [1, 64].
+  check_method(cfg, {2 * (32 + 32 + 64), true, true});
+  // HF's layout and keys.
+  auto vit = make_vit();
+  peft::attach(*vit, cfg);
+  auto sd = peft::get_adapter_state_dict(*vit);
+  CHECK(sd["base_model.model.vit.encoder.layer.0.attention.attention.key.ia3_l"].sizes() == std::vector<int64_t>{32, 1});
+  CHECK(sd["base_model.model.vit.encoder.layer.1.output.dense.ia3_l"].sizes() == std::vector<int64_t>{1, 64});
+  CHECK(sd.size() == 6);
+  // The hand computation for one module of each kind.
+  auto& layer = *vit->vit->encoder->layer->ptr<M::ViTLayerImpl>(0);
+  torch::NoGradGuard g;
+  auto* kt = dynamic_cast<peft::IA3LinearImpl*>(layer.attention->attention->key->adapter("default"));
+  auto* ft = dynamic_cast<peft::IA3LinearImpl*>(layer.output->dense->adapter("default"));
+  kt->ia3_l.normal_(), ft->ia3_l.normal_();
+  auto x = torch::randn({3, 32}), h = torch::randn({3, 64});
+  auto& key = layer.attention->attention->key;
+  auto& down = layer.output->dense;
+  CHECK_THAT(key(x), AllClose(torch::nn::functional::linear(x, key->weight, key->bias) * kt->ia3_l.view({-1}), 1e-6, 1e-5));
+  CHECK_THAT(down(h), AllClose(torch::nn::functional::linear(h * ft->ia3_l.view({-1}), down->weight, down->bias), 1e-6, 1e-5));
+  CHECK_THROWS_WITH(peft::IA3Config().target_modules({"key"}).feedforward_modules({"value"}).validate(),
+                    Catch::Contains("'value' is not among target_modules"));
+}
+
+TEST_CASE("DoRA: magnitude over the normalized adapted weight, HF keys, merge rule", "[methods][dora]") {
+  auto cfg = peft::LoraConfig().r(4).lora_alpha(8).use_dora(true).target_modules({"query", "value"});
+  // Per module: A [4, 32] + B [32, 4] + m [32].
+  check_method(cfg, {2 * 2 * (4 * 32 + 32 * 4 + 32), true, true});
+  auto vit = make_vit();
+  peft::attach(*vit, cfg);
+  auto& q = vit->vit->encoder->layer->ptr<M::ViTLayerImpl>(0)->attention->attention->query;
+  auto* t = dynamic_cast<peft::DoraLinearImpl*>(q->adapter("default"));
+  REQUIRE(t);
+  CHECK_THAT(t->lora_magnitude_vector, AllClose(q->weight.norm(2, {1}), 1e-6, 1e-6));  // m = ||W|| at init
+  auto sd = peft::get_adapter_state_dict(*vit);
+  CHECK(sd.contains("base_model.model.vit.encoder.layer.0.attention.attention.query.lora_magnitude_vector"));
+  torch::NoGradGuard g;
+  t->lora_B.normal_(), t->lora_magnitude_vector.uniform_(0.5, 2.0);
+  auto x = torch::randn({5, 32});
+  // The paper's formula: W' = m ⊙ (W + sBA) / ||W + sBA||, y = x W'ᵀ + b.
+  auto adapted = q->weight + 2.0 * torch::mm(t->lora_B, t->lora_A);
+  auto wprime = (t->lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted;
+  CHECK_THAT(q(x), AllClose(torch::nn::functional::linear(x, wprime, q->bias), 1e-5, 1e-5));
+  CHECK_THROWS_AS(peft::attach(*vit, peft::LoraConfig().use_dora(true).target_modules({"projection"}), "conv"), peft::MatchError);
+}
+
+TEST_CASE("RLRR + SSF: residual rescaling on every Linear, scale/shift after norms and the patch embedding", "[methods][rlrr]") {
+  // Formula: Σ_linear (in + out + out[f]) + Σ_norm,conv 2C + the head (modules_to_save).
+  int64_t per_block = 4 * (32 + 32 + 32) + (32 + 64 + 64) + (64 + 32 + 32) + 2 * (2 * 32);
+  int64_t expected = 2 * per_block + 2 * 32 /* final layernorm */ + 2 * 32 /* patch projection */ + (32 * 10 + 10);
+  auto cfg = peft::RLRRConfig().modules_to_save({"classifier"});
+  check_method(cfg, {expected, true, false});  // the paper's init changes the output
+  check_method(peft::RLRRConfig().init("zero").modules_to_save({"classifier"}), {expected, true, true});
+  // The ViT-B/16 figure from the paper: 23,808 per block.
+  const int64_t d = 768, i = 3072;
+  CHECK(4 * (d + d + d) + (d + i + i) + (i + d + d) + 2 * 2 * d == 23808);
+  // The hand computation on one Linear.
+  auto vit = make_vit();
+  peft::attach(*vit, cfg);
+  auto& fc = vit->vit->encoder->layer->ptr<M::ViTLayerImpl>(1)->intermediate->dense;
+  auto* t = dynamic_cast<peft::RLRRLinearImpl*>(fc->adapter("default"));
+  REQUIRE(t);
+  torch::NoGradGuard g;
+  t->rlrr_f.normal_();
+  auto x = torch::randn({3, 32});
+  auto w = fc->weight * (1 + torch::outer(t->rlrr_s_out, t->rlrr_s_in));
+  CHECK_THAT(fc(x), AllClose(torch::nn::functional::linear(x, w, fc->bias + t->rlrr_f), 1e-5, 1e-5));
+}
+
+TEST_CASE("bottleneck adapters: Houlsby, Pfeiffer, parallel on the composite ops", "[methods][bottleneck]") {
+  // Houlsby: after attention and after the FFN in both layers; d = 32, reduction 8 -> 4.
+  const int64_t one = (32 * 4 + 4) + (4 * 32 + 32);
+  check_method(peft::BottleneckConfig().reduction_factor(8), {2 * 2 * one, false, true});
+  check_method(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4).non_linearity("gelu"), {2 * one, false, true});
+  check_method(peft::BottleneckConfig().variant("parallel").bottleneck_size(4).scaling(4.0), {2 * one, false, true});
+  // Where they went, and the computation by hand (parallel to the FFN site).
+  auto vit = make_vit();
+  auto r = peft::attach(*vit, peft::BottleneckConfig().variant("parallel").bottleneck_size(4).scaling(4.0));
+  CHECK(r.targeted == std::vector<std::string>{"vit.encoder.layer.0.mlp", "vit.encoder.layer.1.mlp"});
+  randomize_adapters(*vit);
+  torch::NoGradGuard g;
+  auto& layer = *vit->vit->encoder->layer->ptr<M::ViTLayerImpl>(0);
+  auto* t = dynamic_cast<peft::BottleneckImpl*>(layer.mlp->adapter("default"));
+  auto x = torch::randn({2, 17, 32});
+  auto a = x + layer.attention->forward(layer.layernorm_before(x));
+  auto h = layer.layernorm_after(a);
+  auto ffn = layer.output->dense(torch::gelu(layer.intermediate->dense(h)));
+  auto branch = t->adapter_up(torch::relu(t->adapter_down(h)));
+  CHECK_THAT(layer.forward(x), AllClose(a + ffn + 4.0 * branch, 1e-5, 1e-5));
+  CHECK_THROWS_WITH(peft::BottleneckConfig().variant("lora").validate(), Catch::Contains("houlsby, pfeiffer or parallel"));
+}
+
+TEST_CASE("tuners of different kinds work together on one model", "[methods][mix]") {
+  auto vit = make_vit();
+  auto px = torch::randn({2, 1, 28, 28});
+  peft::attach(*vit, peft::LoraConfig().r(2).target_modules({"query", "value"}), "lora");
+  peft::attach(*vit, peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4), "adapter");
+  peft::attach(*vit, peft::IA3Config().target_modules({"key"}), "ia3");
+  peft::set_adapter(*vit, {"lora", "adapter", "ia3"});
+  randomize_adapters(*vit);
+  int64_t trainable = 0;
+  for (const auto& p : vit->parameters())
+    if (p.requires_grad()) trainable += p.numel();
+  CHECK(trainable == 2 * 2 * (2 * 32 + 32 * 2) + 2 * ((32 * 4 + 4) + (4 * 32 + 32)) + 2 * 32);
+  torch::Tensor all, sum_parts;
+  {
+    torch::NoGradGuard g;
+    all = vit->forward(px);
+  }
+  vit->zero_grad();
+  vit->forward(px).sum().backward();
+  for (const auto& p : vit->named_parameters()) {
+    INFO(p.key());
+    CHECK(p.value().grad().defined() == p.value().requires_grad());
+  }
+  TempDir dir;
+  peft::save_adapter(*vit, dir.path());
+  auto fresh = make_vit();
+  peft::load_adapter(*fresh, dir / "lora", "lora");
+  peft::load_adapter(*fresh, dir / "adapter", "adapter");
+  peft::load_adapter(*fresh, dir / "ia3", "ia3");
+  peft::set_adapter(*fresh, {"lora", "adapter", "ia3"});
+  torch::NoGradGuard g;
+  CHECK(torch::equal(fresh->forward(px), all));
+  peft::set_adapter(*fresh, "lora");
+  CHECK_FALSE(torch::allclose(fresh->forward(px), all));
+}
