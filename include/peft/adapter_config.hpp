@@ -3,8 +3,10 @@
 /// The interface every method's config implements (LoraConfig, BitFitConfig, ...). attach(), save and
 /// load work through it, so a new method plugs in without touching them.
 
+#include <peft/detail/json_fields.hpp>
 #include <peft/target_modules.hpp>
 #include <peft/tunable.hpp>
+#include <peft/version.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -45,6 +47,56 @@ class AdapterConfig {
   /// Checks values (ranks positive, probabilities in range...); throws ConfigError.
   virtual void validate() const {}
 };
+
+namespace detail {
+
+/// Writes peft_type, the header and the targeting fields every config has, with PEFT's names (the
+/// caller appends its own fields, then CommonConfigFields::stamp()).
+inline void write_common_fields(ojson& j, const std::string& peft_type, const std::string& base_model_name_or_path,
+                                const std::string& task_type, bool inference_mode, const TargetModules& target_modules,
+                                const TargetModules& exclude_modules, const std::vector<int64_t>& layers_to_transform,
+                                const std::vector<std::string>& layers_pattern,
+                                const std::vector<std::string>& modules_to_save) {
+  j["peft_type"] = peft_type;
+  j["base_model_name_or_path"] = null_if_empty(base_model_name_or_path);
+  j["task_type"] = null_if_empty(task_type);
+  j["inference_mode"] = inference_mode;
+  j["target_modules"] = target_modules.to_json();
+  j["exclude_modules"] = exclude_modules.to_json();
+  j["layers_to_transform"] = null_if_empty(layers_to_transform);
+  j["layers_pattern"] = null_if_empty(layers_pattern);
+  j["modules_to_save"] = null_if_empty(modules_to_save);
+}
+
+/// The fields PEFT configs share, by reference to a config's members, read with PEFT's names: the
+/// header (base model, task, inference_mode), the targeting rules and modules_to_save.
+struct CommonConfigFields {
+  std::string& base_model_name_or_path;
+  std::string& task_type;
+  bool& inference_mode;
+  TargetModules& target_modules;
+  TargetModules& exclude_modules;
+  std::vector<int64_t>& layers_to_transform;
+  std::vector<std::string>& layers_pattern;
+  std::vector<std::string>& modules_to_save;
+
+  static void stamp(ojson& j) {
+    j["peft_version"] = hf_peft_format_version;
+    j["library"] = std::string("peft-cpp ") + version;
+  }
+  void read(const ojson& j, const std::string& source) const {
+    if (j.contains("target_modules")) target_modules = TargetModules::from_json(j["target_modules"], "target_modules");
+    if (j.contains("exclude_modules")) exclude_modules = TargetModules::from_json(j["exclude_modules"], "exclude_modules");
+    layers_to_transform = read_int_list(j, "layers_to_transform", source);
+    layers_pattern = read_string_list(j, "layers_pattern", source);
+    modules_to_save = read_string_list(j, "modules_to_save", source);
+    read_field(j, "task_type", task_type, source);
+    read_field(j, "base_model_name_or_path", base_model_name_or_path, source);
+    read_field(j, "inference_mode", inference_mode, source);
+  }
+};
+
+}  // namespace detail
 
 inline bool AdapterConfig::targets(const TunableSlot& slot, const std::string& name) const {
   TargetRules rules = target_rules();

@@ -71,38 +71,29 @@ class RLRRConfig : public AdapterConfig {
 
   nlohmann::ordered_json to_json() const override {
     nlohmann::ordered_json j;
-    j["peft_type"] = "RLRR";
-    j["base_model_name_or_path"] = detail::null_if_empty(base_model_name_or_path_);
-    j["task_type"] = detail::null_if_empty(task_type_);
-    j["inference_mode"] = inference_mode_;
-    j["target_modules"] = target_modules_.to_json();
-    j["exclude_modules"] = exclude_modules_.to_json();
-    j["layers_to_transform"] = detail::null_if_empty(layers_to_transform_);
-    j["layers_pattern"] = detail::null_if_empty(layers_pattern_);
-    j["modules_to_save"] = detail::null_if_empty(modules_to_save_);
+    detail::write_common_fields(j, "RLRR", base_model_name_or_path_, task_type_, inference_mode_, target_modules_,
+                                exclude_modules_, layers_to_transform_, layers_pattern_, modules_to_save_);
     j["init"] = init_;
     j["ssf"] = ssf_;
-    j["peft_version"] = hf_peft_format_version;
-    j["library"] = std::string("peft-cpp ") + version;
+    detail::CommonConfigFields::stamp(j);
     return j;
   }
   static RLRRConfig from_json(const nlohmann::ordered_json& j, const std::string& source) {
     RLRRConfig c;
-    if (j.contains("target_modules")) c.target_modules_ = TargetModules::from_json(j["target_modules"], "target_modules");
-    if (j.contains("exclude_modules")) c.exclude_modules_ = TargetModules::from_json(j["exclude_modules"], "exclude_modules");
-    c.layers_to_transform_ = detail::read_int_list(j, "layers_to_transform", source);
-    c.layers_pattern_ = detail::read_string_list(j, "layers_pattern", source);
-    c.modules_to_save_ = detail::read_string_list(j, "modules_to_save", source);
+    c.common().read(j, source);
     detail::read_field(j, "init", c.init_, source);
     detail::read_field(j, "ssf", c.ssf_, source);
-    detail::read_field(j, "task_type", c.task_type_, source);
-    detail::read_field(j, "base_model_name_or_path", c.base_model_name_or_path_, source);
-    detail::read_field(j, "inference_mode", c.inference_mode_, source);
     return c;
   }
   bool frozen() const override { return inference_mode_; }
   void set_frozen(bool f) override { inference_mode_ = f; }
   std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<RLRRConfig>(*this); }
+
+ private:
+  detail::CommonConfigFields common() {
+    return {base_model_name_or_path_, task_type_, inference_mode_, target_modules_, exclude_modules_,
+            layers_to_transform_, layers_pattern_, modules_to_save_};
+  }
 };
 
 /// RLRR on one Linear: W' = W ⊙ (1 + s_out s_inᵀ), b' = b + f.

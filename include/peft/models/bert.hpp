@@ -100,9 +100,7 @@ struct BertConfig {
     j["pad_token_id"] = pad_token_id;
     j["position_embedding_type"] = "absolute";
     j["classifier_dropout"] = classifier_dropout ? json(*classifier_dropout) : json(nullptr);
-    json labels = json::object();
-    for (int64_t i = 0; i < num_labels; ++i) labels[std::to_string(i)] = "LABEL_" + std::to_string(i);
-    j["id2label"] = labels;
+    j["id2label"] = detail::default_id2label(num_labels);
     return j;
   }
 };

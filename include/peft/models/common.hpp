@@ -77,6 +77,13 @@ inline json read_json_file(const std::string& path) {
   }
 }
 
+/// Hugging Face's id2label for `n` labels with default names: {"0": "LABEL_0", ...}.
+inline json default_id2label(int64_t n) {
+  json labels = json::object();
+  for (int64_t i = 0; i < n; ++i) labels[std::to_string(i)] = "LABEL_" + std::to_string(i);
+  return labels;
+}
+
 /// Field access with the config's source named in every error.
 class ConfigReader {
  public:

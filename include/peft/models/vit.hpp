@@ -94,9 +94,7 @@ struct ViTConfig {
     j["patch_size"] = patch_size;
     j["num_channels"] = num_channels;
     j["qkv_bias"] = qkv_bias;
-    json labels = json::object();
-    for (int64_t i = 0; i < num_labels; ++i) labels[std::to_string(i)] = "LABEL_" + std::to_string(i);
-    j["id2label"] = labels;
+    j["id2label"] = detail::default_id2label(num_labels);
     return j;
   }
 };

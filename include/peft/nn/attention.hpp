@@ -129,7 +129,6 @@ inline at::Tensor make_attention_mask(const at::Tensor& padding, int64_t q_len, 
     throw InputError("attention_mask must be [batch, " + std::to_string(s_len) + "] (past " + std::to_string(past) +
                      " + new " + std::to_string(q_len) + " tokens), received " + detail::shape_str(padding.sizes().vec()));
   if (!causal && !padding.defined()) return {};
-  auto bool_opts = like.options().dtype(at::kBool);
   at::Tensor allowed;  // [B or 1, 1, T, S]
   if (causal) {
     auto q_pos = at::arange(past, s_len, like.options().dtype(at::kLong)).unsqueeze(1);
@@ -140,7 +139,6 @@ inline at::Tensor make_attention_mask(const at::Tensor& padding, int64_t q_len, 
     auto keep = padding.to(like.device()).to(at::kBool).view({padding.size(0), 1, 1, s_len});
     allowed = allowed.defined() ? (allowed & keep) : keep.expand({padding.size(0), 1, q_len, s_len});
   }
-  (void)bool_opts;
   return at::zeros(allowed.sizes(), like.options()).masked_fill(allowed.logical_not(), lowest(like.scalar_type()));
 }
 
