@@ -18,19 +18,6 @@ std::map<std::string, torch::Tensor> reference(const std::string& model) {
   return r;
 }
 
-M::ViTConfig tiny_vit() {
-  M::ViTConfig c;
-  c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4, c.intermediate_size = 64;
-  c.image_size = 28, c.patch_size = 7, c.num_channels = 1, c.num_labels = 10;
-  return c;
-}
-M::BertConfig tiny_bert() {
-  M::BertConfig c;
-  c.vocab_size = 100, c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4;
-  c.intermediate_size = 64, c.max_position_embeddings = 64, c.num_labels = 3;
-  return c;
-}
-M::LlamaConfig tiny_llama() { return M::LlamaConfig::tiny(100, 32, 2, 4, 2, 64); }
 
 /// A test tuner: output placement, U(y) = y * factor (no parameters).
 struct ScaleImpl : torch::nn::Cloneable<ScaleImpl>, peft::Tuner {

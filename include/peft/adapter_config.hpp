@@ -46,6 +46,26 @@ class AdapterConfig {
   virtual void set_frozen(bool frozen) = 0;
   /// Checks values (ranks positive, probabilities in range...); throws ConfigError.
   virtual void validate() const {}
+
+  /// Called once the targeted modules are known (attach and load), before any tuner is built: fills
+  /// fields that depend on the model (prompt learning's num_layers, token_dim...) and checks the ones
+  /// a loaded file gave. `targeted` lists (module path, slot) in model order; a method may narrow it
+  /// (prompt tuning keeps one embedding op of the candidates). Throws MatchError.
+  virtual void complete(std::vector<std::pair<std::string, TunableSlot*>>& targeted) { (void)targeted; }
+  /// Called on a config read from a file before its tuners are built: a method whose saved form
+  /// differs from its training form (prefix tuning's projection MLP is saved collapsed) switches to
+  /// the saved form.
+  virtual void prepare_load() {}
+
+  /// Prefix of module paths in the adapter file: PEFT writes "base_model.model." for tuners that wrap
+  /// layers and "base_model." for prompt learning (whose PeftModel holds the transformer directly).
+  virtual std::string key_prefix() const { return "base_model.model."; }
+  /// Methods whose PEFT file holds one tensor for the whole adapter (prompt and prefix tuning:
+  /// `prompt_embeddings`) name it here. The per-module tensors (one per targeted module, in model
+  /// order) are concatenated along joined_dim() on save and split again on load. Empty: one file
+  /// tensor per module tensor.
+  virtual std::string joined_key() const { return {}; }
+  virtual int64_t joined_dim() const { return 0; }
 };
 
 namespace detail {

@@ -15,6 +15,10 @@
 
 #include <peft/bitfit.hpp>
 #include <peft/bottleneck.hpp>
+#include <peft/capaboost.hpp>
+#include <peft/pasta.hpp>
+#include <peft/prefix.hpp>
+#include <peft/prompt.hpp>
 #include <peft/ia3.hpp>
 #include <peft/rlrr.hpp>
 #include <peft/detail/atomic_file.hpp>
@@ -56,6 +60,21 @@ inline std::map<std::string, ConfigParser>& config_parsers() {
        }},
       {"BOTTLENECK", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
          return std::make_shared<BottleneckConfig>(BottleneckConfig::from_json(j, src));
+       }},
+      {"PROMPT_TUNING", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<PromptTuningConfig>(PromptTuningConfig::from_json(j, src));
+       }},
+      {"VPT_DEEP", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<PromptTuningConfig>(PromptTuningConfig::from_json(j, src));
+       }},
+      {"PREFIX_TUNING", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<PrefixTuningConfig>(PrefixTuningConfig::from_json(j, src));
+       }},
+      {"PASTA", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return std::make_shared<PastaConfig>(PastaConfig::from_json(j, src));
+       }},
+      {"CAPABOOST", [](const nlohmann::ordered_json& j, const std::string& src) -> std::shared_ptr<AdapterConfig> {
+         return CapaBoostConfig::from_json(j, src);
        }},
   };
   return parsers;
@@ -102,11 +121,16 @@ namespace detail {
 inline torch::OrderedDict<std::string, at::Tensor> adapter_state(ModelRef model, const std::string& adapter,
                                                                  const AdapterConfig& cfg) {
   torch::OrderedDict<std::string, at::Tensor> out("tensor");
+  const std::string prefix = cfg.key_prefix(), joined = cfg.joined_key();
+  std::vector<at::Tensor> parts;
   for (const auto& s : tunable_slots(model))
     if (auto* t = s.slot->adapter(adapter))
-      for (const auto& [suffix, tensor] : t->adapter_tensors())
-        out.insert(kKeyPrefix + (s.name.empty() ? suffix : s.name + "." + suffix), tensor);
-  for (const auto& [k, p] : extra_trainables(model, cfg, adapter)) out.insert(kKeyPrefix + k, p);
+      for (const auto& [suffix, tensor] : t->adapter_tensors()) {
+        if (!joined.empty()) parts.push_back(tensor.detach());
+        else out.insert(prefix + (s.name.empty() ? suffix : s.name + "." + suffix), tensor);
+      }
+  if (!parts.empty()) out.insert(joined, parts.size() == 1 ? parts.front() : at::cat(parts, cfg.joined_dim()));
+  for (const auto& [k, p] : extra_trainables(model, cfg, adapter)) out.insert(prefix + k, p);
   return out;
 }
 
@@ -146,44 +170,64 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
                                  const std::string& adapter = "default", bool trainable = false) {
   auto cfg = read_adapter_config(dir);
   cfg->set_frozen(!trainable);
+  cfg->prepare_load();
   const auto wpath = (dir / kAdapterWeightsFile).string();
   SafetensorsFile file(wpath);
 
-  std::shared_ptr<const AdapterConfig> shared = cfg;
-  auto plan = detail::plan_tuners(model, shared, adapter);
+  auto plan = detail::plan_tuners(model, cfg, adapter);
 
-  // Everything the file must hold, with the tensor each goes to.
+  // Everything the file must hold: each file tensor with the tensors it goes to (several for a
+  // joined tensor, split along joined_dim()).
   struct Dest {
     at::Tensor target;
     std::string owner;  // module path or description for messages
   };
-  std::vector<std::pair<std::string, Dest>> expected;
+  struct Entry {
+    std::string key;
+    std::vector<Dest> parts;
+  };
+  const std::string prefix = cfg->key_prefix(), joined = cfg->joined_key();
+  const int64_t jdim = cfg->joined_dim();
+  std::vector<Entry> expected;
+  if (!joined.empty()) expected.push_back({joined, {}});
   for (const auto& [s, tuner] : plan)
-    for (const auto& [suffix, t] : dynamic_cast<Tuner&>(*tuner).adapter_tensors())
-      expected.emplace_back(kKeyPrefix + (s.name.empty() ? suffix : s.name + "." + suffix), Dest{t, s.name});
-  for (const auto& [k, p] : detail::extra_trainables(model, *cfg, adapter)) expected.emplace_back(kKeyPrefix + k, Dest{p, k});
+    for (const auto& [suffix, t] : dynamic_cast<Tuner&>(*tuner).adapter_tensors()) {
+      if (!joined.empty()) expected.front().parts.push_back(Dest{t, s.name});
+      else expected.push_back({prefix + (s.name.empty() ? suffix : s.name + "." + suffix), {Dest{t, s.name}}});
+    }
+  for (const auto& [k, p] : detail::extra_trainables(model, *cfg, adapter)) expected.push_back({prefix + k, {Dest{p, k}}});
   // "<method>_only" biases belong to the slots that get the adapter, which are not attached yet.
   if (cfg->bias_mode() != "none" && cfg->bias_mode() != "all")
     for (const auto& [s, tuner] : plan)
       if (s.slot->base_weights().bias.defined())
-        expected.emplace_back(kKeyPrefix + (s.name.empty() ? std::string("bias") : s.name + ".bias"), Dest{s.slot->base_weights().bias, s.name});
+        expected.push_back({prefix + (s.name.empty() ? std::string("bias") : s.name + ".bias"),
+                            {Dest{s.slot->base_weights().bias, s.name}}});
+  auto shape_of = [&](const Entry& e) {
+    auto shape = e.parts.front().target.sizes().vec();
+    for (std::size_t i = 1; i < e.parts.size(); ++i) shape[static_cast<std::size_t>(jdim)] += e.parts[i].target.size(jdim);
+    return shape;
+  };
 
   std::vector<std::string> problems;
   std::set<std::string> used;
-  for (const auto& [key, d] : expected) {
-    if (!used.insert(key).second) continue;
-    if (!file.contains(key)) {
-      problems.push_back("missing tensor '" + key + "' (expected shape " + detail::shape_str(d.target.sizes().vec()) +
-                         " for module '" + d.owner + "')");
+  std::vector<const Entry*> todo;
+  for (const auto& e : expected) {
+    if (e.parts.empty() || !used.insert(e.key).second) continue;
+    todo.push_back(&e);
+    const auto want = shape_of(e);
+    const std::string owner = e.parts.size() == 1 ? "module '" + e.parts.front().owner + "'"
+                                                  : std::to_string(e.parts.size()) + " modules";
+    if (!file.contains(e.key)) {
+      problems.push_back("missing tensor '" + e.key + "' (expected shape " + detail::shape_str(want) + " for " + owner + ")");
       continue;
     }
-    const auto& info = file.info(key);
-    if (info.shape != d.target.sizes().vec())
-      problems.push_back("tensor '" + key + "': expected shape " + detail::shape_str(d.target.sizes().vec()) +
-                         ", received " + detail::shape_str(info.shape) +
-                         (key.find("lora_") != std::string::npos ? " (rank from adapter_config.json does not match?)" : ""));
+    const auto& info = file.info(e.key);
+    if (info.shape != want)
+      problems.push_back("tensor '" + e.key + "': expected shape " + detail::shape_str(want) + ", received " +
+                         detail::shape_str(info.shape) + " (for " + owner +
+                         (e.key.find("lora_") != std::string::npos ? "; rank from adapter_config.json does not match?)" : ")"));
     else if (info.dtype != DType::F32 && info.dtype != DType::F16 && info.dtype != DType::BF16 && info.dtype != DType::F64)
-      problems.push_back("tensor '" + key + "': expected a floating dtype, received " + dtype_name(info.dtype));
+      problems.push_back("tensor '" + e.key + "': expected a floating dtype, received " + dtype_name(info.dtype));
   }
   for (const auto& info : file.infos())
     if (!used.count(info.name))
@@ -198,9 +242,15 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
 
   // Read and convert everything first, then write into the (still detached) tuners and the model.
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;
-  std::set<std::string> copied;
-  for (const auto& [key, d] : expected)
-    if (copied.insert(key).second) copies.emplace_back(d.target, file.tensor(key).to(d.target.device(), d.target.scalar_type()));
+  for (const Entry* e : todo) {
+    auto src = file.tensor(e->key);
+    int64_t at = 0;
+    for (const auto& d : e->parts) {
+      auto piece = e->parts.size() == 1 ? src : src.narrow(jdim, at, d.target.size(jdim));
+      at += e->parts.size() == 1 ? 0 : d.target.size(jdim);
+      copies.emplace_back(d.target, piece.to(d.target.device(), d.target.scalar_type()));
+    }
+  }
   {
     torch::NoGradGuard g;
     for (auto& [dst, src] : copies) dst.copy_(src);

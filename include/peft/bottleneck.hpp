@@ -28,6 +28,8 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
 
+#include <tuple>
+
 namespace peft {
 
 class BottleneckConfig : public AdapterConfig {
@@ -71,16 +73,21 @@ class BottleneckConfig : public AdapterConfig {
   }
   bool targets(const TunableSlot& slot, const std::string& name) const override {
     if (!target_modules_.empty()) return target_rules().matches(name);
-    if (exclude_modules_.matches(name)) return false;
     const std::string kind = slot.op_kind();
     bool wanted = false;
     if (variant_ == "houlsby") wanted = kind == "Attention" || kind == "FFN";
     else if (variant_ == "pfeiffer") wanted = kind == "FFN";
     else wanted = parallel_to_attention_ ? kind == "Attention" : kind == "FFN";
-    if (!wanted) return false;
-    if (layers_to_transform_.empty()) return true;
-    const auto idx = layer_index(name, layers_pattern_);
-    return idx && std::count(layers_to_transform_.begin(), layers_to_transform_.end(), *idx) > 0;
+    return wanted && target_rules().admits(name);
+  }
+  /// Widths of the adapter on `slot`: {in, out, bottleneck}. Throws MatchError when unknown.
+  std::tuple<int64_t, int64_t, int64_t> shape_for(const TunableSlot& slot, const std::string& name) const {
+    auto [in, out] = slot.features();
+    if (placement() == Placement::output) in = out;  // the adapter reads the op's output
+    if (in <= 0 || out <= 0)
+      throw MatchError("bottleneck adapter cannot adapt module '" + name + "' (" + slot.op_kind() +
+                       "): its input/output width is unknown (expected a Linear or a composite op)");
+    return {in, out, bottleneck_size_ > 0 ? bottleneck_size_ : std::max<int64_t>(1, out / reduction_factor_)};
   }
   std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
                                                 const std::shared_ptr<const AdapterConfig>& self) const override;
@@ -172,14 +179,8 @@ TORCH_MODULE(Bottleneck);
 
 inline std::shared_ptr<torch::nn::Module> BottleneckConfig::make_tuner(TunableSlot& slot, const std::string& name,
                                                                        const std::shared_ptr<const AdapterConfig>& self) const {
-  auto [in, out] = slot.features();
-  const auto where = placement();
-  if (where == Placement::output) in = out;  // the adapter reads the op's output
-  if (in <= 0 || out <= 0)
-    throw MatchError("bottleneck adapter cannot adapt module '" + name + "' (" + slot.op_kind() +
-                     "): its input/output width is unknown (expected a Linear or a composite op)");
-  const int64_t size = bottleneck_size_ > 0 ? bottleneck_size_ : std::max<int64_t>(1, out / reduction_factor_);
-  return std::make_shared<BottleneckImpl>(in, out, size, non_linearity_, scaling_, where, self);
+  auto [in, out, size] = shape_for(slot, name);
+  return std::make_shared<BottleneckImpl>(in, out, size, non_linearity_, scaling_, placement(), self);
 }
 
 }  // namespace peft

@@ -213,14 +213,6 @@ class LoraConfig : public AdapterConfig {
   std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<LoraConfig>(*this); }
 };
 
-namespace detail {
-/// Registers a parameter, keeping the trainability it had before a clone()'s reset().
-inline at::Tensor register_keep_grad(torch::nn::Module& m, const std::string& name, const at::Tensor& previous,
-                                     at::Tensor value) {
-  return m.register_parameter(name, std::move(value), previous.defined() ? previous.requires_grad() : true);
-}
-}  // namespace detail
-
 /// PEFT's init for a LoRA pair whose A has fan-in layout: A kaiming-uniform (or N(0, 1/r) for
 /// "gaussian"), B zero (or kaiming-uniform too for init false, so the adapter is active from the start).
 inline void init_lora_pair(at::Tensor& A, at::Tensor& B, const std::string& init, int64_t r) {

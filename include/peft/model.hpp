@@ -167,8 +167,9 @@ inline std::string sample_names(const std::vector<NamedSlot>& slots) {
 }
 
 /// Builds (but does not attach) a tuner for every targeted slot. Throws before anything changes.
+/// `config` is completed with what the targeted modules tell (AdapterConfig::complete) first.
 inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan_tuners(
-    ModelRef model, const std::shared_ptr<const AdapterConfig>& config, const std::string& adapter) {
+    ModelRef model, const std::shared_ptr<AdapterConfig>& config, const std::string& adapter) {
   check_adapter_name(adapter);
   config->validate();
   auto slots = tunable_slots(model);
@@ -176,10 +177,21 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
     if (s.slot->adapter(adapter))
       throw StateError("the model already has an adapter named '" + adapter + "' (on module '" + s.name +
                        "'); delete it first or choose another name");
+  std::vector<NamedSlot> chosen;
+  for (const auto& s : slots)
+    if (config->targets(*s.slot, s.name)) chosen.push_back(s);
+  if (!chosen.empty()) {
+    std::vector<std::pair<std::string, TunableSlot*>> targeted;
+    for (const auto& s : chosen) targeted.emplace_back(s.name, s.slot);
+    config->complete(targeted);
+    config->validate();
+    chosen.clear();
+    for (const auto& [n, s] : targeted) chosen.push_back({n, s});
+  }
+  std::shared_ptr<const AdapterConfig> shared = config;
   std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan;
-  for (const auto& s : slots) {
-    if (!config->targets(*s.slot, s.name)) continue;
-    auto tuner = config->make_tuner(*s.slot, s.name, config);
+  for (const auto& s : chosen) {
+    auto tuner = config->make_tuner(*s.slot, s.name, shared);
     // New tuners follow the device and dtype of the op they adapt (a composite op: its first parameter).
     auto w = s.slot->base_weights().weight;
     if (!w.defined()) {
@@ -213,7 +225,7 @@ inline void commit_tuners(ModelRef model,
 /// adapter of a model becomes active; later ones are added inactive (as PEFT's add_adapter does) until
 /// set_adapter(). Afterwards only active adapters (and modules_to_save) are trainable.
 inline AttachResult attach(ModelRef model, const AdapterConfig& config, const std::string& adapter = "default") {
-  std::shared_ptr<const AdapterConfig> cfg = config.clone();
+  std::shared_ptr<AdapterConfig> cfg = config.clone();
   auto plan = detail::plan_tuners(model, cfg, adapter);
   AttachResult r{adapter, {}, {}};
   for (const auto& [s, t] : plan) r.targeted.push_back(s.name);

@@ -11,7 +11,11 @@
 #include <peft/adapter_io.hpp>
 #include <peft/bitfit.hpp>
 #include <peft/bottleneck.hpp>
+#include <peft/capaboost.hpp>
 #include <peft/ia3.hpp>
+#include <peft/pasta.hpp>
+#include <peft/prefix.hpp>
+#include <peft/prompt.hpp>
 #include <peft/rlrr.hpp>
 #include <peft/conv2d.hpp>
 #include <peft/embedding.hpp>

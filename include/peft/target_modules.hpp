@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <optional>
 #include <regex>
 #include <string>
@@ -121,6 +122,15 @@ struct TargetRules {
       return false;
     }
     return true;
+  }
+
+  /// For methods that pick modules by op kind when target_modules is empty: whether `name` passes
+  /// exclude_modules and layers_to_transform.
+  bool admits(const std::string& name) const {
+    if (exclude_modules.matches(name)) return false;
+    if (layers_to_transform.empty()) return true;
+    auto idx = layer_index(name, layers_pattern);
+    return idx && std::count(layers_to_transform.begin(), layers_to_transform.end(), *idx) > 0;
   }
 };
 

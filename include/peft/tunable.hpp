@@ -75,6 +75,12 @@ inline void check_adapter_name(const std::string& name) {
                      "': expected a non-empty name without '.' that is not 'weight' or 'bias'");
 }
 
+/// Registers a parameter, keeping the trainability it had before a clone()'s reset().
+inline at::Tensor register_keep_grad(torch::nn::Module& m, const std::string& name, const at::Tensor& previous,
+                                     at::Tensor value) {
+  return m.register_parameter(name, std::move(value), previous.defined() ? previous.requires_grad() : true);
+}
+
 inline std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string r;
   for (std::size_t i = 0; i < v.size(); ++i) r += (i ? sep : "") + v[i];

@@ -153,4 +153,19 @@ inline void copy_weights(torch::nn::Module& to, torch::nn::Module& from) {
   for (auto& p : to.named_parameters(true)) p.value().copy_(src[p.key()]);
 }
 
+/// Tiny model-zoo configs shared by the test files.
+inline peft::models::ViTConfig tiny_vit() {
+  peft::models::ViTConfig c;
+  c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4, c.intermediate_size = 64;
+  c.image_size = 28, c.patch_size = 7, c.num_channels = 1, c.num_labels = 10;
+  return c;
+}
+inline peft::models::BertConfig tiny_bert() {
+  peft::models::BertConfig c;
+  c.vocab_size = 200, c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4;
+  c.intermediate_size = 64, c.max_position_embeddings = 64, c.num_labels = 3;
+  return c;
+}
+inline peft::models::LlamaConfig tiny_llama() { return peft::models::LlamaConfig::tiny(100, 32, 2, 4, 2, 64); }
+
 }  // namespace peft_test

@@ -122,10 +122,18 @@ class BertEmbeddingsImpl : public CompositeSlot<BertEmbeddingsImpl> {
   /// input_ids [B, T]; token_type_ids [B, T] or undefined (zeros); positions start at `past`.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids = {}, int64_t past = 0) {
     return tuned(input_ids, [&](const at::Tensor& ids) {
-      const auto t = ids.size(1);
+      // Prompt tuning inserts virtual tokens at the front of word_embeddings' output: positions and
+      // token types cover them too (type 0, as PEFT gives them).
+      auto words = word_embeddings(ids);
+      const auto t = words.size(1);
+      if (past + t > config.max_position_embeddings)
+        throw InputError("BERT: " + std::to_string(past + t) + " positions (" + std::to_string(ids.size(1)) + " tokens" +
+                         (t > ids.size(1) ? " + " + std::to_string(t - ids.size(1)) + " virtual tokens" : std::string()) +
+                         ") exceed max_position_embeddings " + std::to_string(config.max_position_embeddings));
       auto pos = at::arange(past, past + t, ids.options().dtype(at::kLong)).unsqueeze(0);
       auto types = token_type_ids.defined() ? token_type_ids : at::zeros_like(ids);
-      auto x = word_embeddings(ids) + token_type_embeddings(types) + position_embeddings(pos);
+      if (types.size(1) < t) types = at::cat({at::zeros({types.size(0), t - types.size(1)}, types.options()), types}, 1);
+      auto x = words + token_type_embeddings(types) + position_embeddings(pos);
       return maybe_dropout(LayerNorm(x), config.hidden_dropout_prob, is_training());
     });
   }
@@ -141,7 +149,7 @@ TORCH_MODULE(BertEmbeddings);
 
 /// `attention`: LayerNorm(x + op(x)) where op = `self.{query,key,value}` attention + `output.dense`.
 /// The tunable op is the part inside the residual, so a sequential adapter sits before the add & norm.
-class BertAttentionImpl : public CompositeSlot<BertAttentionImpl> {
+class BertAttentionImpl : public CompositeSlot<BertAttentionImpl>, public nn::AttentionShape {
  public:
   explicit BertAttentionImpl(BertConfig c) : config(std::move(c)) { reset(); }
   void reset() override {
@@ -159,6 +167,9 @@ class BertAttentionImpl : public CompositeSlot<BertAttentionImpl> {
     });
     return output->LayerNorm(y + x);
   }
+  int64_t num_heads() const override { return config.num_attention_heads; }
+  int64_t num_kv_heads() const override { return config.num_attention_heads; }
+  int64_t head_dim() const override { return config.hidden_size / config.num_attention_heads; }
   const char* op_kind() const override { return "Attention"; }
   std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::BertAttention(heads=" << config.num_attention_heads << ")"; }
@@ -241,10 +252,10 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
   EncoderOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                         const at::Tensor& token_type_ids = {}) {
     check_ids(input_ids, attention_mask, token_type_ids);
-    BatchScope scope(keys::attention_mask, attention_mask);
+    BatchScope scope({{keys::attention_mask, attention_mask}, {keys::input_ids, input_ids}});
     auto x = embeddings->forward(input_ids, token_type_ids);
     nn::AttentionInputs in;
-    in.mask = nn::make_attention_mask(attention_mask, x.size(1), 0, false, x);
+    in.mask = nn::make_attention_mask(detail::extend_mask_front(attention_mask, x.size(1)), x.size(1), 0, false, x);
     x = encoder->forward(x, in);
     EncoderOutput out{x, {}};
     if (pooler) out.pooler_output = at::tanh(pooler->dense(x.select(1, 0)));

@@ -120,6 +120,13 @@ class ConfigReader {
   std::string source_;
 };
 
+/// A [B, S] padding mask (1 = token) widened to `length` by ones in front: prompt tuning puts that many
+/// virtual tokens before the given ones, and every query sees them. Undefined stays undefined.
+inline at::Tensor extend_mask_front(const at::Tensor& mask, int64_t length) {
+  if (!mask.defined() || mask.size(1) >= length) return mask;
+  return at::cat({at::ones({mask.size(0), length - mask.size(1)}, mask.options()), mask}, 1);
+}
+
 }  // namespace detail
 
 namespace layout {

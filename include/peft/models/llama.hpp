@@ -195,12 +195,27 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
     if (cache && cache->layers.size() != static_cast<std::size_t>(config.num_hidden_layers))
       cache->layers.resize(static_cast<std::size_t>(config.num_hidden_layers));
     const int64_t past = cache ? cache->length() : 0, t = input_ids.size(1);
-    BatchScope scope(keys::attention_mask, attention_mask);
+    BatchScope scope({{keys::attention_mask, attention_mask},
+                      {keys::input_ids, input_ids},
+                      {keys::past_length, at::scalar_tensor(past, at::kLong)}});
     auto x = embed_tokens(input_ids);
-    auto pos = position_ids.defined() ? position_ids : at::arange(past, past + t, input_ids.options().dtype(at::kLong)).unsqueeze(0);
+    // Prompt tuning puts virtual tokens in front of the first step's tokens (as PEFT does): they take
+    // positions 0..n-1 and the mask covers them.
+    const int64_t steps = x.size(1);
+    at::Tensor pos;
+    if (!position_ids.defined()) {
+      pos = at::arange(past, past + steps, input_ids.options().dtype(at::kLong)).unsqueeze(0);
+    } else if (steps == t) {
+      pos = position_ids;
+    } else {  // given positions are those of the real tokens: they move behind the virtual ones
+      const int64_t n = steps - t;
+      auto virt = at::arange(past, past + n, position_ids.options()).unsqueeze(0).expand({position_ids.size(0), n});
+      pos = at::cat({virt, position_ids + n}, 1);
+    }
     nn::AttentionInputs in;
     in.rotary = nn::rotary_tables(pos, config.head_dim, config.rope_theta, x.scalar_type(), config.rope_scaling);
-    if (attention_mask.defined()) in.mask = nn::make_attention_mask(attention_mask, t, past, true, x);
+    if (attention_mask.defined())
+      in.mask = nn::make_attention_mask(detail::extend_mask_front(attention_mask, past + steps), steps, past, true, x);
     else in.causal = true;
     for (std::size_t i = 0; i < layers->size(); ++i) {
       nn::AttentionInputs li = in;
@@ -350,7 +365,9 @@ inline at::Tensor generate(LlamaForCausalLMImpl& lm, const at::Tensor& input_ids
     for (auto e : eos) finished = finished | (next == e);
     if (finished.all().item<bool>()) break;
     step_ids = next.unsqueeze(1);
-    step_pos = step_pos.select(1, -1).unsqueeze(1) + 1;
+    // Virtual tokens of prompt tuning entered the cache with the first step and shift every position.
+    const int64_t virtual_tokens = i == 0 ? cache.length() - input_ids.size(1) : 0;
+    step_pos = step_pos.select(1, -1).unsqueeze(1) + 1 + virtual_tokens;
     mask = at::cat({mask, at::ones({b, 1}, mask.options())}, 1);
   }
   if (was_training) lm.train();

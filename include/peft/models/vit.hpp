@@ -152,7 +152,7 @@ class ViTEmbeddingsImpl : public CompositeSlot<ViTEmbeddingsImpl> {
 TORCH_MODULE(ViTEmbeddings);
 
 /// `attention`: self-attention (`attention.{query,key,value}`) + `output.dense`, as one tunable op.
-class ViTAttentionImpl : public CompositeSlot<ViTAttentionImpl> {
+class ViTAttentionImpl : public CompositeSlot<ViTAttentionImpl>, public nn::AttentionShape {
  public:
   explicit ViTAttentionImpl(ViTConfig c) : config(std::move(c)) { reset(); }
   void reset() override {
@@ -169,6 +169,9 @@ class ViTAttentionImpl : public CompositeSlot<ViTAttentionImpl> {
       return maybe_dropout(output->dense(ctx), config.hidden_dropout_prob, is_training());
     });
   }
+  int64_t num_heads() const override { return config.num_attention_heads; }
+  int64_t num_kv_heads() const override { return config.num_attention_heads; }
+  int64_t head_dim() const override { return config.hidden_size / config.num_attention_heads; }
   const char* op_kind() const override { return "Attention"; }
   std::pair<int64_t, int64_t> features() const override { return {config.hidden_size, config.hidden_size}; }
   void pretty_print_op(std::ostream& s) const { s << "peft::models::ViTAttention(heads=" << config.num_attention_heads << ")"; }

@@ -73,6 +73,16 @@ class AttentionPrefix {
   virtual LayerKV prefix(int64_t batch) const = 0;
 };
 
+/// Implemented by attention ops, so that tuners can size what they hand to the attention (prefix
+/// tuning: keys and values per key/value head).
+class AttentionShape {
+ public:
+  virtual ~AttentionShape() = default;
+  virtual int64_t num_heads() const = 0;
+  virtual int64_t num_kv_heads() const = 0;
+  virtual int64_t head_dim() const = 0;
+};
+
 /// Rotary position embedding tables, [B or 1, T, D] each (LLaMA's rotate-half convention).
 struct Rotary {
   at::Tensor cos, sin;
@@ -288,7 +298,7 @@ struct MultiHeadAttentionOptions {
 /// Self-attention with separate q_proj / k_proj / v_proj / o_proj Linear slots (LLaMA's layout).
 /// The whole op is itself a slot: tuners attach to it at input, parallel or output placement, and
 /// prefix tuners supply extra keys and values.
-class MultiHeadAttentionImpl : public CompositeSlot<MultiHeadAttentionImpl> {
+class MultiHeadAttentionImpl : public CompositeSlot<MultiHeadAttentionImpl>, public AttentionShape {
  public:
   explicit MultiHeadAttentionImpl(MultiHeadAttentionOptions options_) : options(std::move(options_)) { reset(); }
 
@@ -315,6 +325,9 @@ class MultiHeadAttentionImpl : public CompositeSlot<MultiHeadAttentionImpl> {
 
   const char* op_kind() const override { return "Attention"; }
   std::pair<int64_t, int64_t> features() const override { return {options.hidden_size(), options.hidden_size()}; }
+  int64_t num_heads() const override { return options.num_heads(); }
+  int64_t num_kv_heads() const override { return options.num_kv_heads(); }
+  int64_t head_dim() const override { return options.head_dim(); }
   void pretty_print_op(std::ostream& s) const {
     s << "peft::nn::MultiHeadAttention(hidden=" << options.hidden_size() << ", heads=" << options.num_heads()
       << ", kv_heads=" << options.num_kv_heads() << ", head_dim=" << options.head_dim() << ")";

@@ -26,6 +26,11 @@ namespace keys {
 inline constexpr const char* special_token_index = "special_token_index";
 /// int64 [B]: index of the adapter each batch row uses.
 inline constexpr const char* adapter_index = "adapter_index";
+/// int64 [B, T]: the token ids the model was given (published by the text models' forward).
+inline constexpr const char* input_ids = "input_ids";
+/// int64 scalar (CPU): tokens already in the KV cache (published by LLaMA's forward). Prompt tuning
+/// inserts its virtual tokens only when this is 0 (the first step of generation).
+inline constexpr const char* past_length = "past_length";
 /// int64 [B, S] with 1 = attend, 0 = padding: the attention mask of the batch as the model got it.
 inline constexpr const char* attention_mask = "attention_mask";
 }  // namespace keys
