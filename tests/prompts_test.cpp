@@ -89,6 +89,13 @@ TEST_CASE("prompt tuning on text models: virtual tokens in front, as PEFT puts t
   }
   CHECK_THROWS_WITH(peft::attach(bert, peft::PromptTuningConfig().prompt_tuning_init("TEXT"), "x"),
                     Catch::Contains("needs init_token_ids"));
+  // Deep prompts on a text model: inserted at the token embedding, replaced before layer 1.
+  {
+    M::BertForSequenceClassification deep(tiny_bert());
+    auto rd = peft::attach(deep, peft::PromptTuningConfig().num_virtual_tokens(2).deep(true));
+    CHECK(rd.targeted == std::vector<std::string>{"bert.embeddings.word_embeddings", "bert.encoder.layer.1"});
+    CHECK(deep->bert->forward(ids, mask).last_hidden_state.sizes() == std::vector<int64_t>{2, 9, 32});
+  }
 
   // LLaMA: logits cover the virtual positions too (as in PEFT); generate() shifts positions past them.
   torch::manual_seed(4);
@@ -173,6 +180,17 @@ TEST_CASE("prefix tuning with prefix_projection trains through the MLP and saves
   auto fresh = make_vit();
   peft::load_adapter(*fresh, dir.path(), "default", /*trainable=*/true);
   CHECK(peft::count_parameters(*fresh).trainable == 2 * 2 * 64);  // plain prefixes now
+  CHECK(peft::adapter_config(*fresh, "default")->to_json()["prefix_projection"] == false);
+  // A model of another depth is refused before anything changes, naming the field.
+  auto deeper_cfg = tiny_vit();
+  deeper_cfg.num_hidden_layers = 3;
+  M::ViTForImageClassification deeper(deeper_cfg);
+  CHECK_THROWS_WITH(peft::load_adapter(deeper, dir.path()), Catch::Contains("num_layers = 2, but the model has 3"));
+  CHECK(peft::adapter_names(deeper).empty());
+  // No attention op, no prefix.
+  ToyModel toy;
+  CHECK_THROWS_AS(peft::attach(toy, peft::PrefixTuningConfig()), peft::MatchError);
+  CHECK_THROWS_AS(peft::attach(toy, peft::PromptTuningConfig()), peft::MatchError);
   torch::NoGradGuard g;
   CHECK_THAT(fresh->forward(px), AllClose(out, 1e-6, 1e-6));
 }
