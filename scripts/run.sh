@@ -8,7 +8,7 @@ what=${1:-}
 case "$what" in example|test) ;; *) echo "usage: $0 example|test" >&2; exit 2 ;; esac
 
 packages=(cmake make g++ libtorch-dev libopenblas0-openmp catch2 nlohmann-json3-dev libgloo-dev libcli11-dev
-          clang libclang-rt-14-dev)
+          zlib1g-dev dataset-fashion-mnist clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,8 +24,8 @@ build=${PEFT_BUILD_DIR:-build}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 jobs=$(nproc)
 if [ "$what" = example ]; then
-  cmake --build "$build" -j "$jobs" --target quickstart
-  "$build/examples/quickstart"
+  cmake --build "$build" -j "$jobs" --target fashion_mnist
+  "$build/examples/fashion_mnist" --out "$build/fashion_lora_adapter"
 else
   cmake --build "$build" -j "$jobs"
   ctest --test-dir "$build" --output-on-failure -j 1

@@ -382,3 +382,68 @@ TEST_CASE("the README's tour network gives the report line the README shows", "[
   peft::attach(net, peft::LoraConfig().r(8).lora_alpha(16).lora_dropout(0.05).target_modules({"fc1", "fc2"}).modules_to_save({"head"}));
   CHECK(peft::trainable_report(net) == "trainable params: 21,514 || all params: 546,314 || trainable%: 3.9380");
 }
+
+TEST_CASE("training helpers: AdamW groups, warmup + cosine, evaluation, progress-free logs", "[train]") {
+  torch::manual_seed(11);
+  ToyModel model;
+  peft::attach(model, peft::LoraConfig().r(2).target_modules({"fc1"}).modules_to_save({"head"}));
+  auto trainable = peft::train::trainable_parameters(model);
+  int64_t n = 0;
+  for (auto& p : trainable) n += p.numel();
+  CHECK(n == peft::count_parameters(model).trainable);
+
+  auto opt = peft::train::make_adamw(model, 1e-2, 0.1);
+  REQUIRE(opt.param_groups().size() == 2);
+  auto wd = [](torch::optim::OptimizerParamGroup& g) {
+    return static_cast<torch::optim::AdamWOptions&>(g.options()).weight_decay();
+  };
+  for (auto& p : opt.param_groups()[0].params()) CHECK(p.dim() >= 2);  // matrices decay
+  for (auto& p : opt.param_groups()[1].params()) CHECK(p.dim() < 2);   // vectors do not
+  CHECK(wd(opt.param_groups()[0]) == 0.1);
+  CHECK(wd(opt.param_groups()[1]) == 0.0);
+  CHECK(peft::train::optimizer_state_bytes(opt) == 0);
+  auto x = torch::randint(0, 32, {4, 5}, torch::kLong);
+  model->forward(x).pow(2).mean().backward();
+  opt.step();
+  CHECK(peft::train::optimizer_state_bytes(opt) == 2 * n * 4);  // two fp32 moments per element
+  ToyModel frozen;
+  for (auto& p : frozen->parameters()) p.set_requires_grad(false);
+  CHECK_THROWS_AS(peft::train::make_adamw(frozen, 1e-3), peft::StateError);
+
+  peft::train::WarmupCosine s(100, 10, 1.0, 0.1);
+  CHECK(s.lr(0) == Approx(0.1));
+  CHECK(s.lr(9) == Approx(1.0));
+  CHECK(s.lr(10) == Approx(1.0));
+  CHECK(s.lr(55) == Approx(0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 0.5))));
+  CHECK(s.lr(100) == Approx(0.1));
+  s.apply(opt, 55);
+  for (auto& g : opt.param_groups()) CHECK(g.options().get_lr() == Approx(s.lr(55)));
+  CHECK_THROWS_AS(peft::train::WarmupCosine(10, 20, 1.0), peft::ConfigError);
+
+  // evaluate(): accuracy and mean cross-entropy against a hand count, in batches that do not divide N.
+  auto logits = torch::randn({37, 4});
+  auto labels = torch::randint(0, 4, {37}, torch::kLong);
+  torch::nn::Identity id;
+  auto r = peft::train::evaluate(*id, [&](const torch::Tensor& b) { return b; }, logits, labels, 10);
+  CHECK(r.count == 37);
+  CHECK(r.accuracy == Approx(logits.argmax(1).eq(labels).sum().item<double>() / 37.0));
+  CHECK(r.loss == Approx(torch::nn::functional::cross_entropy(logits, labels).item<double>()).epsilon(1e-5));
+  CHECK_THROWS_AS(peft::train::evaluate(*id, [&](const torch::Tensor& b) { return b; }, logits, labels.slice(0, 0, 5)),
+                  peft::InputError);
+
+  // JSON lines, appended.
+  peft_test::TempDir dir;
+  const auto path = dir / "m.jsonl";
+  {
+    peft::train::JsonlLog log(path);
+    log.write({{"step", 1}, {"loss", 0.5}});
+    log.write({{"step", 2}, {"loss", 0.25}});
+  }
+  std::istringstream lines(peft_test::read_file(path));
+  std::string line;
+  std::vector<nlohmann::json> got;
+  while (std::getline(lines, line)) got.push_back(nlohmann::json::parse(line));
+  REQUIRE(got.size() == 2);
+  CHECK(got[1]["loss"] == 0.25);
+  CHECK(peft::train::rss().peak >= peft::train::rss().current);
+}

@@ -28,6 +28,7 @@
 #include <peft/models.hpp>
 #include <peft/safetensors.hpp>
 #include <peft/target_modules.hpp>
+#include <peft/train.hpp>
 #include <peft/tunable.hpp>
 #include <peft/tuner.hpp>
 #include <peft/version.hpp>

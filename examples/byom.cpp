@@ -1,10 +1,12 @@
-// The smallest honest end-to-end run:
+// Bring your own model: a LibTorch module of your own, made tunable by using peft::Linear where it
+// would use torch::nn::Linear.
 //  1. build a small classifier from tunable slots (peft::Linear) and pretrain it in full on task A;
 //  2. freeze it, attach LoRA to its hidden layers by name, fine-tune only the adapter on a related task B
 //     (the class boundaries are rotated), printing the trainable-parameter report and the falling loss;
 //  3. save the base checkpoint and the adapter (HF PEFT layout), reload both into a fresh model and show
 //     that its outputs match; finally merge the adapter and show the merged model agrees.
 #include <peft/peft.hpp>
+#include <peft/train.hpp>
 
 #include <torch/torch.h>
 
@@ -40,10 +42,7 @@ static double accuracy(Classifier& m, const torch::Tensor& x, const torch::Tenso
 }
 
 static void train(Classifier& m, const Task& task, int steps, double lr, const char* label) {
-  std::vector<torch::Tensor> params;
-  for (auto& p : m->parameters())
-    if (p.requires_grad()) params.push_back(p);
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(lr).weight_decay(0.0));
+  auto opt = peft::train::make_adamw(m, lr);  // AdamW over what trains: the adapter (and the head)
   double running = 0;
   for (int step = 1; step <= steps; ++step) {
     auto [x, y] = task.sample(256);
@@ -83,7 +82,7 @@ int main() {
   std::printf("  LoRA model: accuracy on task B %.1f%%\n", 100 * acc);
 
   std::cout << "3. save, reload into a fresh model, compare\n";
-  const auto dir = std::filesystem::temp_directory_path() / "peft_quickstart";
+  const auto dir = std::filesystem::temp_directory_path() / "peft_byom";
   torch::OrderedDict<std::string, torch::Tensor> base;
   {
     peft::DisableAdapters off(model);
@@ -112,7 +111,7 @@ int main() {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("done in %.1f s\n", secs);
   if (diff != 0.0 || merged_diff > 1e-4 || acc < 0.8) {
-    std::cerr << "quickstart: unexpected result\n";
+    std::cerr << "byom: unexpected result\n";
     return 1;
   }
   return 0;

@@ -1,0 +1,241 @@
+// What each method costs against full fine-tuning on one BERT-shaped encoder and batch: training step
+// time (forward + backward + AdamW step; median after warm-up), peak memory of a step (CPU: peak RSS
+// growth; CUDA: max_memory_allocated), optimizer-state bytes and trainable parameters; and inference
+// latency of the base model, LoRA unmerged and LoRA merged. Writes JSON and Markdown to --out.
+//
+//   ./build/benchmarks/method_bench --config small      # hidden 256 x 4 layers, seq 128, batch 8
+//   ./build/benchmarks/method_bench --config gemm       # hidden 1024 x 2 layers (GEMM-bound)
+//   ./build/benchmarks/method_bench --config bert-base --device cuda
+
+#include <peft/peft.hpp>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define PEFT_BENCH_CUDA_STATS 1
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <thread>
+
+namespace M = peft::models;
+
+namespace {
+
+struct Shape {
+  int64_t hidden, layers, heads, seq, batch, vocab;
+};
+// The CPU shapes use a small vocabulary so that the encoder, not the embedding table, is what they measure.
+const std::map<std::string, Shape>& shapes() {
+  static const std::map<std::string, Shape> s = {{"small", {256, 4, 4, 128, 8, 2048}},
+                                                 {"gemm", {1024, 2, 16, 128, 8, 2048}},
+                                                 {"bert-base", {768, 12, 12, 512, 16, 30522}}};
+  return s;
+}
+
+struct Variant {
+  std::string name;
+  std::function<void(M::BertModelImpl&)> setup;
+};
+std::vector<Variant> variants() {
+  auto with = [](auto cfg) { return [cfg](M::BertModelImpl& m) { peft::attach(m, cfg); }; };
+  auto lora = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"});
+  return {
+      {"full", [](M::BertModelImpl& m) { for (auto& p : m.parameters()) p.set_requires_grad(true); }},
+      {"lora_qv", with(lora)},
+      {"lora_all", with(peft::LoraConfig().r(8).lora_alpha(16).target_modules("all-linear"))},
+      {"dora_qv", with(peft::LoraConfig(lora).use_dora(true))},
+      {"ia3", with(peft::IA3Config()
+                       .target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
+                       .feedforward_modules(".*layer\\.\\d+\\.output\\.dense"))},
+      {"houlsby", with(peft::BottleneckConfig().bottleneck_size(64))},
+      {"prefix", with(peft::PrefixTuningConfig().num_virtual_tokens(20))},
+      {"bitfit", with(peft::BitFitConfig())},
+      {"pasta", with(peft::PastaConfig().num_special_tokens(3))},
+      {"capaboost_lora_qv", with(peft::CapaBoostConfig(lora).num_copies(2).density(0.5))},
+      {"rlrr", with(peft::RLRRConfig())},
+  };
+}
+
+template <class F>
+double median_ms(F&& f, int warmup, int reps, bool cuda) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    if (cuda) torch::cuda::synchronize();
+    auto a = std::chrono::steady_clock::now();
+    f();
+    if (cuda) torch::cuda::synchronize();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Training-step cost of every method against full fine-tuning, and LoRA inference overhead"};
+  std::string config = "small", device = "cpu", dtype = "float32", out = "benchmarks/results";
+  int reps = 10, warmup = 3;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::string> only;
+  app.add_option("--config", config, "model shape")->check(CLI::IsMember({"small", "gemm", "bert-base"}));
+  app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype, "float32 or bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
+  app.add_option("--reps", reps, "timed repetitions (median)")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed repetitions first")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
+  app.add_option("--methods", only, "run only these variants");
+  app.add_option("--out", out, "folder for method_bench_<config>_<device>.{json,md}");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    torch::set_num_threads(static_cast<int>(threads));
+    const bool cuda = device == "cuda";
+    if (cuda && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device available");
+    const torch::Device dev = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    const auto st = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+    const auto sh = shapes().at(config);
+    M::BertConfig bc;
+    bc.vocab_size = sh.vocab, bc.hidden_size = sh.hidden, bc.num_hidden_layers = sh.layers, bc.num_attention_heads = sh.heads;
+    bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq);
+    torch::manual_seed(0);
+    auto ids = torch::randint(103, sh.vocab, {sh.batch, sh.seq}, torch::kLong);
+    ids.select(1, 0).fill_(101);
+    ids.select(1, sh.seq - 1).fill_(102);
+    ids = ids.to(dev);
+
+    struct Row {
+      std::string name;
+      int64_t trainable = 0, total = 0, optimizer_bytes = 0;
+      double step_ms = 0, peak_mb = 0;
+    };
+    std::vector<Row> rows;
+    for (const auto& v : variants()) {
+      if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end() && v.name != "full") continue;
+      torch::manual_seed(0);
+      M::BertModel model(bc, false);
+      for (auto& p : model->parameters()) p.set_requires_grad(false);
+      v.setup(*model);
+      model->to(dev, st);
+      model->train();
+      auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
+      auto step = [&] {
+        opt.zero_grad();
+        model->forward(ids).last_hidden_state.to(torch::kFloat).pow(2).mean().backward();
+        opt.step();
+      };
+      step();  // creates the optimizer state
+      Row r;
+      r.name = v.name;
+      const auto c = peft::count_parameters(model);
+      r.trainable = c.trainable, r.total = c.all;
+      r.optimizer_bytes = peft::train::optimizer_state_bytes(opt);
+      // Peak memory of one step over what is resident before it (weights, optimizer state).
+      if (cuda) {
+#ifdef PEFT_BENCH_CUDA_STATS
+        namespace A = c10::cuda::CUDACachingAllocator;
+        const int idx = dev.has_index() ? dev.index() : 0;
+        torch::cuda::synchronize();
+        A::resetPeakStats(idx);
+        const auto before = A::getDeviceStats(idx).allocated_bytes[0].current;
+        step();
+        torch::cuda::synchronize();
+        r.peak_mb = static_cast<double>(A::getDeviceStats(idx).allocated_bytes[0].peak - before) / 1e6;
+#else
+        throw std::runtime_error("this LibTorch has no CUDA allocator statistics");
+#endif
+      } else {
+        peft::train::reset_peak_rss();
+        const auto before = peft::train::rss().current;
+        step();
+        r.peak_mb = static_cast<double>(std::max<int64_t>(0, peft::train::rss().peak - before)) / 1e6;
+      }
+      r.step_ms = median_ms(step, warmup, reps, cuda);
+      std::fprintf(stderr, "%-18s step %8.1f ms  peak +%7.1f MB  optimizer %8.2f MB  trainable %lld\n", r.name.c_str(), r.step_ms,
+                   r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, static_cast<long long>(r.trainable));
+      rows.push_back(r);
+    }
+
+    // Inference: base, LoRA (q, v) unmerged, merged.
+    torch::manual_seed(0);
+    M::BertModel model(bc, false);
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+    model->to(dev, st);
+    model->eval();
+    torch::NoGradGuard g;
+    auto infer = [&] { model->forward(ids); };
+    const double base_ms = median_ms(infer, warmup, reps, cuda);
+    peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"}).init_lora_weights(false));
+    const double unmerged_ms = median_ms(infer, warmup, reps, cuda);
+    peft::merge_adapter(model);
+    const double merged_ms = median_ms(infer, warmup, reps, cuda);
+    std::fprintf(stderr, "inference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx)\n", base_ms, unmerged_ms,
+                 unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+
+    // Report.
+    std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+    std::string cpu = "unknown";
+    {
+      std::ifstream in("/proc/cpuinfo");
+      std::string line;
+      while (std::getline(in, line))
+        if (line.rfind("model name", 0) == 0) { cpu = line.substr(line.find(':') + 2); break; }
+    }
+    const double full_ms = rows.front().step_ms, full_mb = rows.front().peak_mb;
+    nlohmann::ordered_json j;
+    j["benchmark"] = "method_step";
+    j["date"] = date;
+    j["machine"] = {{"cpu", cpu}, {"cores", std::thread::hardware_concurrency()},
+                    {"gpu", cuda ? nlohmann::json(torch::cuda::device_count()) : nlohmann::json(nullptr)}};
+    j["libtorch"] = TORCH_VERSION;
+    j["threads"] = threads;
+    j["device"] = device;
+    j["dtype"] = dtype;
+    j["shape"] = {{"name", config}, {"hidden", sh.hidden}, {"layers", sh.layers}, {"heads", sh.heads}, {"seq", sh.seq}, {"batch", sh.batch}};
+    j["reps"] = reps;
+    std::ostringstream md;
+    md << "| method | trainable | step ms | step / full | peak step MB | peak / full | optimizer MB |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    char buf[256];
+    for (const auto& r : rows) {
+      j["methods"].push_back({{"method", r.name}, {"trainable", r.trainable}, {"total", r.total}, {"step_ms", r.step_ms},
+                              {"step_ratio", r.step_ms / full_ms}, {"peak_mb", r.peak_mb},
+                              {"peak_ratio", full_mb > 0 ? r.peak_mb / full_mb : 0.0}, {"optimizer_bytes", r.optimizer_bytes}});
+      std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.3f | %.1f | %.3f | %.2f |\n", r.name.c_str(),
+                    static_cast<long long>(r.trainable), r.step_ms, r.step_ms / full_ms, r.peak_mb,
+                    full_mb > 0 ? r.peak_mb / full_mb : 0.0, static_cast<double>(r.optimizer_bytes) / 1e6);
+      md << buf;
+    }
+    j["inference"] = {{"base_ms", base_ms}, {"lora_unmerged_ms", unmerged_ms}, {"lora_merged_ms", merged_ms},
+                      {"unmerged_ratio", unmerged_ms / base_ms}, {"merged_ratio", merged_ms / base_ms}};
+    std::snprintf(buf, sizeof buf, "\nInference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx).\n", base_ms,
+                  unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    md << buf;
+    std::snprintf(buf, sizeof buf, "BERT-shaped encoder %s (hidden %lld x %lld layers, seq %lld, batch %lld, vocabulary %lld), %s %s; %s, %u threads, LibTorch %s, %s.\n",
+                  config.c_str(), static_cast<long long>(sh.hidden), static_cast<long long>(sh.layers),
+                  static_cast<long long>(sh.seq), static_cast<long long>(sh.batch), static_cast<long long>(sh.vocab), device.c_str(),
+                  dtype.c_str(), cpu.c_str(),
+                  threads, TORCH_VERSION, date);
+    md << buf;
+    std::cout << md.str();
+    std::filesystem::create_directories(out);
+    const auto stem = std::filesystem::path(out) / ("method_bench_" + config + "_" + device);
+    std::ofstream(stem.string() + ".json") << j.dump(2) << "\n";
+    std::ofstream(stem.string() + ".md") << md.str();
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
