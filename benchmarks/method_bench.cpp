@@ -122,45 +122,53 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     for (const auto& v : variants()) {
       if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end() && v.name != "full") continue;
-      torch::manual_seed(0);
-      M::BertModel model(bc, false);
-      for (auto& p : model->parameters()) p.set_requires_grad(false);
-      v.setup(*model);
-      model->to(dev, st);
-      model->train();
-      auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
-      auto step = [&] {
-        opt.zero_grad();
-        model->forward(ids).last_hidden_state.to(torch::kFloat).pow(2).mean().backward();
-        opt.step();
-      };
-      step();  // creates the optimizer state
-      Row r;
-      r.name = v.name;
-      const auto c = peft::count_parameters(model);
-      r.trainable = c.trainable, r.total = c.all;
-      r.optimizer_bytes = peft::train::optimizer_state_bytes(opt);
-      // Peak memory of one step over what is resident before it (weights, optimizer state).
+      // Peak memory of training: from before the model exists to the end of two steps (weights,
+      // gradients, optimizer state, activations).
+      int64_t cpu_before = 0, cuda_before = 0;
       if (cuda) {
 #ifdef PEFT_BENCH_CUDA_STATS
-        namespace A = c10::cuda::CUDACachingAllocator;
-        const int idx = dev.has_index() ? dev.index() : 0;
         torch::cuda::synchronize();
-        A::resetPeakStats(idx);
-        const auto before = A::getDeviceStats(idx).allocated_bytes[0].current;
-        step();
-        torch::cuda::synchronize();
-        r.peak_mb = static_cast<double>(A::getDeviceStats(idx).allocated_bytes[0].peak - before) / 1e6;
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        c10::cuda::CUDACachingAllocator::resetPeakStats(dev.has_index() ? dev.index() : 0);
+        cuda_before = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.has_index() ? dev.index() : 0).allocated_bytes[0].current;
 #else
         throw std::runtime_error("this LibTorch has no CUDA allocator statistics");
 #endif
       } else {
         peft::train::reset_peak_rss();
-        const auto before = peft::train::rss().current;
-        step();
-        r.peak_mb = static_cast<double>(std::max<int64_t>(0, peft::train::rss().peak - before)) / 1e6;
+        cpu_before = peft::train::rss().current;
       }
-      r.step_ms = median_ms(step, warmup, reps, cuda);
+      Row r;
+      r.name = v.name;
+      {
+        torch::manual_seed(0);
+        M::BertModel model(bc, false);
+        for (auto& p : model->parameters()) p.set_requires_grad(false);
+        v.setup(*model);
+        model->to(dev, st);
+        model->train();
+        auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
+        auto step = [&] {
+          opt.zero_grad();
+          model->forward(ids).last_hidden_state.to(torch::kFloat).pow(2).mean().backward();
+          opt.step();
+        };
+        step();  // creates the optimizer state
+        step();
+        const auto c = peft::count_parameters(model);
+        r.trainable = c.trainable, r.total = c.all;
+        r.optimizer_bytes = peft::train::optimizer_state_bytes(opt);
+        if (cuda) {
+#ifdef PEFT_BENCH_CUDA_STATS
+          torch::cuda::synchronize();
+          r.peak_mb = static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(dev.has_index() ? dev.index() : 0)
+                                              .allocated_bytes[0].peak - cuda_before) / 1e6;
+#endif
+        } else {
+          r.peak_mb = static_cast<double>(std::max<int64_t>(0, peft::train::rss().peak - cpu_before)) / 1e6;
+        }
+        r.step_ms = median_ms(step, warmup, reps, cuda);
+      }
       std::fprintf(stderr, "%-18s step %8.1f ms  peak +%7.1f MB  optimizer %8.2f MB  trainable %lld\n", r.name.c_str(), r.step_ms,
                    r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, static_cast<long long>(r.trainable));
       rows.push_back(r);
@@ -206,7 +214,7 @@ int main(int argc, char** argv) {
     j["shape"] = {{"name", config}, {"hidden", sh.hidden}, {"layers", sh.layers}, {"heads", sh.heads}, {"seq", sh.seq}, {"batch", sh.batch}};
     j["reps"] = reps;
     std::ostringstream md;
-    md << "| method | trainable | step ms | step / full | peak step MB | peak / full | optimizer MB |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    md << "| method | trainable | step ms | step / full | peak training MB | peak / full | optimizer MB |\n|---|---:|---:|---:|---:|---:|---:|\n";
     char buf[256];
     for (const auto& r : rows) {
       j["methods"].push_back({{"method", r.name}, {"trainable", r.trainable}, {"total", r.total}, {"step_ms", r.step_ms},
