@@ -33,37 +33,62 @@ namespace {
 
 struct Shape {
   int64_t hidden, layers, heads, seq, batch, vocab;
+  bool llama = false;        // LlamaModel (pre-norm, SwiGLU, RoPE, GQA) instead of BertModel
+  int64_t kv_heads = 0, intermediate = 0;
 };
 // The CPU shapes use a small vocabulary so that the encoder, not the embedding table, is what they measure.
 const std::map<std::string, Shape>& shapes() {
   static const std::map<std::string, Shape> s = {{"small", {256, 4, 4, 128, 8, 2048}},
                                                  {"gemm", {1024, 2, 16, 128, 8, 2048}},
-                                                 {"bert-base", {768, 12, 12, 512, 16, 30522}}};
+                                                 {"bert-base", {768, 12, 12, 512, 16, 30522}},
+                                                 {"llama-tiny", {256, 2, 8, 128, 4, 2048, true, 2, 688}},
+                                                 {"llama-1b", {2048, 16, 32, 512, 4, 32000, true, 8, 5632}}};
   return s;
+}
+
+/// The model under test, type-erased: BERT or LLaMA, and its forward to a [B, T, hidden] tensor.
+struct Model {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+};
+Model build(const Shape& sh) {
+  if (sh.llama) {
+    auto c = M::LlamaConfig::tiny(sh.vocab, sh.hidden, sh.layers, sh.heads, sh.kv_heads, sh.intermediate);
+    c.max_position_embeddings = std::max<int64_t>(2048, sh.seq);
+    auto m = std::make_shared<M::LlamaModelImpl>(c);
+    return {m, [m](const torch::Tensor& ids) { return m->forward(ids); }};
+  }
+  M::BertConfig bc;
+  bc.vocab_size = sh.vocab, bc.hidden_size = sh.hidden, bc.num_hidden_layers = sh.layers, bc.num_attention_heads = sh.heads;
+  bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq);
+  auto m = std::make_shared<M::BertModelImpl>(bc, false);
+  return {m, [m](const torch::Tensor& ids) { return m->forward(ids).last_hidden_state; }};
 }
 
 struct Variant {
   std::string name;
-  std::function<void(M::BertModelImpl&)> setup;
+  std::function<void(torch::nn::Module&)> setup;
 };
-std::vector<Variant> variants() {
-  auto with = [](auto cfg) { return [cfg](M::BertModelImpl& m) { peft::attach(m, cfg); }; };
-  auto lora = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"});
-  return {
-      {"full", [](M::BertModelImpl& m) { for (auto& p : m.parameters()) p.set_requires_grad(true); }},
+std::vector<Variant> variants(bool llama) {
+  auto with = [](auto cfg) { return [cfg](torch::nn::Module& m) { peft::attach(m, cfg); }; };
+  const std::vector<std::string> qv = llama ? std::vector<std::string>{"q_proj", "v_proj"} : std::vector<std::string>{"query", "value"};
+  const std::string kv = llama ? ".*\\.(k_proj|v_proj)|.*\\.down_proj" : ".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense";
+  const std::string ffn = llama ? ".*\\.down_proj" : ".*layer\\.\\d+\\.output\\.dense";
+  auto lora = peft::LoraConfig().r(8).lora_alpha(16).target_modules(qv);
+  std::vector<Variant> v = {
+      {"full", [](torch::nn::Module& m) { for (auto& p : m.parameters()) p.set_requires_grad(true); }},
       {"lora_qv", with(lora)},
       {"lora_all", with(peft::LoraConfig().r(8).lora_alpha(16).target_modules("all-linear"))},
       {"dora_qv", with(peft::LoraConfig(lora).use_dora(true))},
-      {"ia3", with(peft::IA3Config()
-                       .target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
-                       .feedforward_modules(".*layer\\.\\d+\\.output\\.dense"))},
+      {"ia3", with(peft::IA3Config().target_modules(kv).feedforward_modules(ffn))},
       {"houlsby", with(peft::BottleneckConfig().bottleneck_size(64))},
       {"prefix", with(peft::PrefixTuningConfig().num_virtual_tokens(20))},
-      {"bitfit", with(peft::BitFitConfig())},
       {"pasta", with(peft::PastaConfig().num_special_tokens(3))},
       {"capaboost_lora_qv", with(peft::CapaBoostConfig(lora).num_copies(2).density(0.5))},
       {"rlrr", with(peft::RLRRConfig())},
   };
+  if (!llama) v.insert(v.begin() + 7, {"bitfit", with(peft::BitFitConfig())});  // LLaMA has no biases
+  return v;
 }
 
 template <class F>
@@ -89,7 +114,7 @@ int main(int argc, char** argv) {
   int reps = 10, warmup = 3;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::string> only;
-  app.add_option("--config", config, "model shape")->check(CLI::IsMember({"small", "gemm", "bert-base"}));
+  app.add_option("--config", config, "model shape")->check(CLI::IsMember({"small", "gemm", "bert-base", "llama-tiny", "llama-1b"}));
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype, "float32 or bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
   app.add_option("--reps", reps, "timed repetitions (median)")->check(CLI::PositiveNumber);
@@ -105,9 +130,6 @@ int main(int argc, char** argv) {
     const torch::Device dev = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
     const auto st = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
     const auto sh = shapes().at(config);
-    M::BertConfig bc;
-    bc.vocab_size = sh.vocab, bc.hidden_size = sh.hidden, bc.num_hidden_layers = sh.layers, bc.num_attention_heads = sh.heads;
-    bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq);
     torch::manual_seed(0);
     auto ids = torch::randint(103, sh.vocab, {sh.batch, sh.seq}, torch::kLong);
     ids.select(1, 0).fill_(101);
@@ -120,7 +142,7 @@ int main(int argc, char** argv) {
       double step_ms = 0, peak_mb = 0;
     };
     std::vector<Row> rows;
-    for (const auto& v : variants()) {
+    for (const auto& v : variants(sh.llama)) {
       if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end() && v.name != "full") continue;
       // Peak memory of training: from before the model exists to the end of two steps (weights,
       // gradients, optimizer state, activations).
@@ -142,7 +164,8 @@ int main(int argc, char** argv) {
       r.name = v.name;
       {
         torch::manual_seed(0);
-        M::BertModel model(bc, false);
+        auto built = build(sh);
+        auto& model = built.module;
         for (auto& p : model->parameters()) p.set_requires_grad(false);
         v.setup(*model);
         model->to(dev, st);
@@ -150,7 +173,7 @@ int main(int argc, char** argv) {
         auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
         auto step = [&] {
           opt.zero_grad();
-          model->forward(ids).last_hidden_state.to(torch::kFloat).pow(2).mean().backward();
+          built.forward(ids).to(torch::kFloat).pow(2).mean().backward();
           opt.step();
         };
         step();  // creates the optimizer state
@@ -176,14 +199,17 @@ int main(int argc, char** argv) {
 
     // Inference: base, LoRA (q, v) unmerged, merged.
     torch::manual_seed(0);
-    M::BertModel model(bc, false);
+    auto built = build(sh);
+    auto& model = built.module;
     for (auto& p : model->parameters()) p.set_requires_grad(false);
     model->to(dev, st);
     model->eval();
     torch::NoGradGuard g;
-    auto infer = [&] { model->forward(ids); };
+    auto infer = [&] { built.forward(ids); };
     const double base_ms = median_ms(infer, warmup, reps, cuda);
-    peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"}).init_lora_weights(false));
+    peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules(sh.llama ? std::vector<std::string>{"q_proj", "v_proj"}
+                                                                                 : std::vector<std::string>{"query", "value"})
+                           .init_lora_weights(false));
     const double unmerged_ms = median_ms(infer, warmup, reps, cuda);
     peft::merge_adapter(model);
     const double merged_ms = median_ms(infer, warmup, reps, cuda);
@@ -230,8 +256,8 @@ int main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, "\nInference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx).\n", base_ms,
                   unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
     md << buf;
-    std::snprintf(buf, sizeof buf, "BERT-shaped encoder %s (hidden %lld x %lld layers, seq %lld, batch %lld, vocabulary %lld), %s %s; %s, %u threads, LibTorch %s, %s.\n",
-                  config.c_str(), static_cast<long long>(sh.hidden), static_cast<long long>(sh.layers),
+    std::snprintf(buf, sizeof buf, "%s %s (hidden %lld x %lld layers, seq %lld, batch %lld, vocabulary %lld), %s %s; %s, %u threads, LibTorch %s, %s.\n",
+                  sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config.c_str(), static_cast<long long>(sh.hidden), static_cast<long long>(sh.layers),
                   static_cast<long long>(sh.seq), static_cast<long long>(sh.batch), static_cast<long long>(sh.vocab), device.c_str(),
                   dtype.c_str(), cpu.c_str(),
                   threads, TORCH_VERSION, date);

@@ -107,9 +107,19 @@ TEST_CASE("prompt tuning on text models: virtual tokens in front, as PEFT puts t
   auto logits = lm->forward(x);
   CHECK(logits.sizes() == std::vector<int64_t>{2, 8, 100});
   auto out = M::generate(*lm, x, M::GenerationOptions().max_new_tokens(4));
-  peft::DisableAdapters off(lm);
-  CHECK_THAT(logits, AllClose(lm->forward(torch::cat({v, x}, 1)), 1e-5, 1e-5));
-  CHECK(torch::equal(out, greedy_no_cache(*lm, torch::cat({v, x}, 1), 4).slice(1, 3)));
+  {
+    peft::DisableAdapters off(lm);
+    CHECK_THAT(logits, AllClose(lm->forward(torch::cat({v, x}, 1)), 1e-5, 1e-5));
+    CHECK(torch::equal(out, greedy_no_cache(*lm, torch::cat({v, x}, 1), 4).slice(1, 3)));
+  }
+  // Deep prompts: decoding with the cache equals full recomputation (the replacements are cached too).
+  M::LlamaForCausalLM deep(tiny_llama());
+  deep->eval();
+  peft::attach(deep, peft::PromptTuningConfig().num_virtual_tokens(2).deep(true));
+  auto cached = M::generate(*deep, x, M::GenerationOptions().max_new_tokens(3));
+  auto full = x;
+  for (int i = 0; i < 3; ++i) full = torch::cat({full, deep->forward(full).select(1, -1).argmax(-1, true)}, 1);
+  CHECK(torch::equal(cached, full));
 }
 
 TEST_CASE("prefix tuning: keys and values in every attention, PEFT's layout", "[methods][prefix]") {

@@ -189,8 +189,7 @@ class PromptImpl : public torch::nn::Cloneable<PromptImpl>, public Tuner {
   torch::nn::Module& as_module() override { return *this; }
 
   at::Tensor output(const at::Tensor& y) override {
-    // Later steps of incremental decoding: the virtual tokens are in the cache already.
-    if (auto past = batch_info(keys::past_length); past.defined() && past.item<int64_t>() > 0) return y;
+    if (decoding()) return y;
     check(y, "embedding output", 0);
     const auto b = y.size(0);
     return at::cat({y.narrow(1, 0, position), prompt.to(y.scalar_type()).unsqueeze(0).expand({b, n, d}),
@@ -198,6 +197,7 @@ class PromptImpl : public torch::nn::Cloneable<PromptImpl>, public Tuner {
                    1);
   }
   at::Tensor input(const at::Tensor& x) override {
+    if (decoding()) return x;
     check(x, "block input", n);
     const auto b = x.size(0), rest = x.size(1) - position - n;
     return at::cat({x.narrow(1, 0, position), prompt.to(x.scalar_type()).unsqueeze(0).expand({b, n, d}),
@@ -210,6 +210,12 @@ class PromptImpl : public torch::nn::Cloneable<PromptImpl>, public Tuner {
   }
 
  private:
+  // Later steps of incremental decoding: the virtual tokens (and, deep, their per-layer replacements)
+  // are in the KV cache already.
+  static bool decoding() {
+    auto past = batch_info(keys::past_length);
+    return past.defined() && past.item<int64_t>() > 0;
+  }
   void check(const at::Tensor& h, const char* what, int64_t extra) const {
     if (h.dim() != 3 || h.size(2) != d || h.size(1) < position + extra)
       throw InputError("prompt tuning: the " + std::string(what) + " must be [batch, seq >= " + std::to_string(position + extra) +
