@@ -265,20 +265,9 @@ TEST_CASE("LoRA on query/value and PASTA together", "[methods][pasta][mix]") {
     peft::set_adapter(*vit, std::vector<std::string>{"lora", "pasta"});
   }
   CHECK_FALSE(torch::allclose(both, lora_only));
-  vit->zero_grad();
-  vit->forward(px).sum().backward();
-  for (const auto& p : vit->named_parameters()) {
-    INFO(p.key());
-    CHECK(p.value().grad().defined() == p.value().requires_grad());
-  }
-  TempDir dir;
-  peft::save_adapter(*vit, dir.path());
+  check_grads_only_on_trainables(*vit, [&] { return vit->forward(px); });
   auto fresh = make_vit();
-  peft::load_adapter(*fresh, dir / "lora", "lora");
-  peft::load_adapter(*fresh, dir / "pasta", "pasta");
-  peft::set_adapter(*fresh, std::vector<std::string>{"lora", "pasta"});
-  torch::NoGradGuard g;
-  CHECK(torch::equal(fresh->forward(px), both));
+  check_adapters_reload(*vit, fresh, {"lora", "pasta"}, px, both);
 }
 
 TEST_CASE("CapaBoost: masked copies of one shared weight, rank beyond r for free", "[methods][capaboost]") {

@@ -22,6 +22,29 @@ inline void randomize_adapters(torch::nn::Module& m) {
       for (auto& p : s.slot->adapter(n)->as_module().parameters()) p.copy_(p + 0.1 * torch::randn_like(p));
 }
 
+/// One backward pass through `forward`: exactly the trainable parameters get gradients (frozen means frozen).
+inline void check_grads_only_on_trainables(torch::nn::Module& m, const std::function<torch::Tensor()>& forward) {
+  m.zero_grad();
+  forward().sum().backward();
+  for (const auto& p : m.named_parameters()) {
+    INFO(p.key());
+    CHECK(p.value().grad().defined() == p.value().requires_grad());
+  }
+}
+
+/// Saves every adapter of `m`, loads the named ones into `fresh` (same base weights), activates them
+/// there, and checks that `fresh` reproduces `expected` exactly.
+template <class Model>
+void check_adapters_reload(torch::nn::Module& m, Model& fresh, const std::vector<std::string>& names,
+                           const torch::Tensor& input, const torch::Tensor& expected) {
+  TempDir dir;
+  peft::save_adapter(m, dir.path());
+  for (const auto& n : names) peft::load_adapter(*fresh, dir / n, n);
+  peft::set_adapter(*fresh, names);
+  torch::NoGradGuard g;
+  CHECK(torch::equal(fresh->forward(input), expected));
+}
+
 struct Expect {
   int64_t trainable;
   bool mergeable;
@@ -48,12 +71,7 @@ inline void check_method(const peft::AdapterConfig& cfg, const Expect& e) {
   randomize_adapters(*vit);
 
   // Gradients: only adapters (and modules_to_save) get them, the base none.
-  vit->zero_grad();
-  vit->forward(px).sum().backward();
-  for (const auto& p : vit->named_parameters()) {
-    INFO(p.key());
-    CHECK(p.value().grad().defined() == p.value().requires_grad());
-  }
+  check_grads_only_on_trainables(*vit, [&] { return vit->forward(px); });
 
   // Finite differences in double over every adapter tensor.
   {
