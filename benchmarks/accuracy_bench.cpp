@@ -6,6 +6,7 @@
 //   ./build/benchmarks/accuracy_bench                 # the full run (~30 min on 2 cores)
 //   ./build/benchmarks/accuracy_bench --quick         # every method a few steps: the CI smoke test
 
+#include "bench_common.hpp"
 #include "common/fashion_experiment.hpp"
 
 #include <CLI/CLI.hpp>
@@ -39,27 +40,6 @@ double stdev(const std::vector<double>& v) {
   for (double x : v) s += (x - m) * (x - m);
   return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
-}
-
-std::string today() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
-  return buf;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -125,28 +105,23 @@ int main(int argc, char** argv) {
           o.steps = steps, o.lr = lr, o.seed = seed, o.device = dev, o.log = log.is_open() ? &log : nullptr;
           o.progress = false;
           vit->to(dev);
-          const double val_before = quick ? peft::train::evaluate(*vit, [&](const torch::Tensor& b) { return vit->forward(b.to(dev)); },
-                                                                  task.val.x, task.val.y).loss
-                                          : 0.0;
+          auto val_loss = [&] {
+            return peft::train::evaluate(*vit, [&](const torch::Tensor& b) { return vit->forward(b.to(dev)); }, task.val.x,
+                                         task.val.y).loss;
+          };
+          const double val_before = quick ? val_loss() : 0.0;
           auto r = fashion::run(*vit, task, mname, o);
           s.trainable = r.trainable, s.total = r.total;
           s.seconds.push_back(r.train_seconds);
           s.peak_mb.push_back(static_cast<double>(r.peak_rss_growth) / 1e6);
           if (quick) {  // smoke checks: the validation loss fell, and the adapter reloads exactly
-            const double val_after = peft::train::evaluate(*vit, [&](const torch::Tensor& b) { return vit->forward(b.to(dev)); },
-                                                           task.val.x, task.val.y).loss;
+            const double val_after = val_loss();
             bool ok = val_after < val_before;
             std::string reload = "-";
             if (m.adapter) {
-              const auto dir = fashion::cache_root() / "quick-adapters" / mname;
-              peft::save_adapter(*vit, dir);
-              auto fresh = fashion::downstream_model(ckpt, task.num_classes);
-              fresh->to(dev);
-              peft::load_adapter(*fresh, dir);
-              torch::NoGradGuard g;
-              vit->eval(), fresh->eval();
-              auto probe = task.val.x.slice(0, 0, 32).to(dev);
-              const bool same = torch::equal(vit->forward(probe), fresh->forward(probe));
+              auto [trained, reloaded] = fashion::save_and_reload(*vit, ckpt, task.num_classes, fashion::cache_root() / "quick-adapters" / mname,
+                                                                  task.val.x.slice(0, 0, 32), dev);
+              const bool same = torch::equal(trained, reloaded);
               reload = same ? "exact" : "DIFFERS";
               ok = ok && same;
             }
@@ -170,7 +145,7 @@ int main(int argc, char** argv) {
         for (int64_t seed = quick ? 0 : 1; seed < seeds; ++seed) s.acc[tname].push_back(train_once(best_lr, seed).test_accuracy);
         s.lr[tname] = best_lr;
         std::fprintf(stderr, "%-12s %-9s lr %.0e  test %.2f%% +- %.2f  (%.1f s/run)\n", mname.c_str(), tname.c_str(), best_lr,
-                     100 * mean(s.acc[tname]), 100 * stdev(s.acc[tname]), median(s.seconds));
+                     100 * mean(s.acc[tname]), 100 * stdev(s.acc[tname]), bench::median(s.seconds));
       }
     }
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
@@ -180,8 +155,8 @@ int main(int argc, char** argv) {
     uname(&u);
     nlohmann::ordered_json j;
     j["benchmark"] = "accuracy";
-    j["date"] = today();
-    j["machine"] = {{"cpu", cpu_model()}, {"cores", std::thread::hardware_concurrency()}, {"os", std::string(u.sysname) + " " + u.release}};
+    j["date"] = bench::utc_date();
+    j["machine"] = {{"cpu", bench::cpu_model()}, {"cores", std::thread::hardware_concurrency()}, {"os", std::string(u.sysname) + " " + u.release}};
     j["libtorch"] = TORCH_VERSION;
     j["threads"] = threads;
     j["device"] = device;
@@ -207,8 +182,8 @@ int main(int argc, char** argv) {
         task_means.push_back(mean(a));
       }
       r["mean"] = mean(task_means);
-      r["train_seconds_median"] = median(s.seconds);
-      r["peak_memory_mb_median"] = median(s.peak_mb);
+      r["train_seconds_median"] = bench::median(s.seconds);
+      r["peak_memory_mb_median"] = bench::median(s.peak_mb);
       rows.push_back(r);
     }
     j["results"] = rows;
@@ -232,8 +207,8 @@ int main(int argc, char** argv) {
                     r["peak_memory_mb_median"].get<double>());
       md << buf;
     }
-    std::snprintf(buf, sizeof buf, "\n%s, %u threads, LibTorch %s, %s; %.0f min in all.\n", cpu_model().c_str(), threads,
-                  TORCH_VERSION, today().c_str(), wall / 60);
+    std::snprintf(buf, sizeof buf, "\n%s, %u threads, LibTorch %s, %s; %.0f min in all.\n", bench::cpu_model().c_str(), threads,
+                  TORCH_VERSION, bench::utc_date().c_str(), wall / 60);
     md << buf;
     std::cout << md.str();
     if (!quick) {

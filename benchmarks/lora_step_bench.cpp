@@ -1,6 +1,8 @@
 // Training-step time of full fine-tuning against LoRA (r=8 on every Linear) on a GEMM-bound MLP stack,
 // and inference latency base / LoRA unmerged / LoRA merged. Medians of repeated runs after warm-up.
 //   lora_step_bench [hidden=1024] [layers=2] [tokens=1024] [reps=10]
+#include "bench_common.hpp"
+
 #include <peft/peft.hpp>
 
 #include <torch/torch.h>
@@ -27,15 +29,7 @@ TORCH_MODULE(Stack);
 
 template <class F>
 double median_ms(F&& f, int reps) {
-  for (int i = 0; i < 2; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return bench::median_ms(std::forward<F>(f), 2, reps);
 }
 
 int main(int argc, char** argv) {

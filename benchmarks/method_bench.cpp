@@ -9,6 +9,8 @@
 
 #include <peft/peft.hpp>
 
+#include "bench_common.hpp"
+
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -91,20 +93,6 @@ std::vector<Variant> variants(bool llama) {
   return v;
 }
 
-template <class F>
-double median_ms(F&& f, int warmup, int reps, bool cuda) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    if (cuda) torch::cuda::synchronize();
-    auto a = std::chrono::steady_clock::now();
-    f();
-    if (cuda) torch::cuda::synchronize();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 }  // namespace
 
@@ -190,7 +178,7 @@ int main(int argc, char** argv) {
         } else {
           r.peak_mb = static_cast<double>(std::max<int64_t>(0, peft::train::rss().peak - cpu_before)) / 1e6;
         }
-        r.step_ms = median_ms(step, warmup, reps, cuda);
+        r.step_ms = bench::median_ms(step, warmup, reps, cuda);
       }
       std::fprintf(stderr, "%-18s step %8.1f ms  peak +%7.1f MB  optimizer %8.2f MB  trainable %lld\n", r.name.c_str(), r.step_ms,
                    r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, static_cast<long long>(r.trainable));
@@ -206,27 +194,18 @@ int main(int argc, char** argv) {
     model->eval();
     torch::NoGradGuard g;
     auto infer = [&] { built.forward(ids); };
-    const double base_ms = median_ms(infer, warmup, reps, cuda);
+    const double base_ms = bench::median_ms(infer, warmup, reps, cuda);
     peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules(sh.llama ? std::vector<std::string>{"q_proj", "v_proj"}
                                                                                  : std::vector<std::string>{"query", "value"})
                            .init_lora_weights(false));
-    const double unmerged_ms = median_ms(infer, warmup, reps, cuda);
+    const double unmerged_ms = bench::median_ms(infer, warmup, reps, cuda);
     peft::merge_adapter(model);
-    const double merged_ms = median_ms(infer, warmup, reps, cuda);
+    const double merged_ms = bench::median_ms(infer, warmup, reps, cuda);
     std::fprintf(stderr, "inference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx)\n", base_ms, unmerged_ms,
                  unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
 
     // Report.
-    std::time_t now = std::time(nullptr);
-    char date[32];
-    std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
-    std::string cpu = "unknown";
-    {
-      std::ifstream in("/proc/cpuinfo");
-      std::string line;
-      while (std::getline(in, line))
-        if (line.rfind("model name", 0) == 0) { cpu = line.substr(line.find(':') + 2); break; }
-    }
+    const std::string date = bench::utc_date(), cpu = bench::cpu_model();
     const double full_ms = rows.front().step_ms, full_mb = rows.front().peak_mb;
     nlohmann::ordered_json j;
     j["benchmark"] = "method_step";
@@ -260,7 +239,7 @@ int main(int argc, char** argv) {
                   sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config.c_str(), static_cast<long long>(sh.hidden), static_cast<long long>(sh.layers),
                   static_cast<long long>(sh.seq), static_cast<long long>(sh.batch), static_cast<long long>(sh.vocab), device.c_str(),
                   dtype.c_str(), cpu.c_str(),
-                  threads, TORCH_VERSION, date);
+                  threads, TORCH_VERSION, date.c_str());
     md << buf;
     std::cout << md.str();
     std::filesystem::create_directories(out);

@@ -73,15 +73,9 @@ int main(int argc, char** argv) {
                   r.train_seconds, static_cast<double>(r.peak_rss_growth) / 1e6);
 
     if (fashion::method(method).adapter) {
-      peft::save_adapter(*tuned, out);
       // Reload into a fresh copy of the pretrained model: the outputs must be the same.
-      auto fresh = fashion::downstream_model(ckpt, task.num_classes);
-      fresh->to(dev);
-      peft::load_adapter(*fresh, out);
-      torch::NoGradGuard g;
-      tuned->eval(), fresh->eval();
-      auto probe = task.test.x.slice(0, 0, 64).to(dev);
-      const bool same = torch::allclose(tuned->forward(probe), fresh->forward(probe), 1e-5, 1e-5);
+      auto [trained, reloaded] = fashion::save_and_reload(*tuned, ckpt, task.num_classes, out, task.test.x.slice(0, 0, 64), dev);
+      const bool same = torch::allclose(trained, reloaded, 1e-5, 1e-5);
       std::printf("\nadapter saved to %s (HF PEFT layout: adapter_config.json + adapter_model.safetensors); reloaded: %s\n",
                   out.c_str(), same ? "same outputs" : "OUTPUTS DIFFER");
       if (!same) return 1;

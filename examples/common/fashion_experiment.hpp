@@ -187,6 +187,21 @@ inline M::ViTForImageClassification downstream_model(const fs::path& checkpoint,
   return vit;
 }
 
+/// Saves `model`'s adapter to `dir` (HF PEFT layout), loads it into a fresh copy of the pretrained
+/// model, and returns the outputs of both on `probe` (eval mode, no gradients), for the caller to compare.
+inline std::pair<torch::Tensor, torch::Tensor> save_and_reload(M::ViTForImageClassificationImpl& model, const fs::path& checkpoint,
+                                                               int64_t num_classes, const fs::path& dir,
+                                                               const torch::Tensor& probe, const torch::Device& device) {
+  peft::save_adapter(model, dir);
+  auto fresh = downstream_model(checkpoint, num_classes);
+  fresh->to(device);
+  peft::load_adapter(*fresh, dir);
+  torch::NoGradGuard g;
+  model.eval(), fresh->eval();
+  auto x = probe.to(device);
+  return {model.forward(x), fresh->forward(x)};
+}
+
 /// One method of the comparison: how it is attached to the model.
 struct Method {
   std::string name;

@@ -122,7 +122,7 @@ inline bool AdapterConfig::targets(const TunableSlot& slot, const std::string& n
   TargetRules rules = target_rules();
   if (rules.target_modules.is_all_linear()) {
     if (std::string(slot.op_kind()) != "Linear" || rules.exclude_modules.matches(name)) return false;
-    const std::string last = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
+    const std::string last = last_component(name);
     for (const auto& m : saved_modules())
       if (m == name || m == last) return false;
     return last != "lm_head";  // PEFT leaves the output layer out of all-linear

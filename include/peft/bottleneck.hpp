@@ -127,6 +127,28 @@ class BottleneckConfig : public AdapterConfig {
   }
 };
 
+namespace detail {
+/// Registers `adapter_down` Linear(in, size) and `adapter_up` Linear(size, out) on `m`, the up projection
+/// zero-initialized so that the adapter starts as the identity.
+inline std::pair<torch::nn::Linear, torch::nn::Linear> register_bottleneck(torch::nn::Module& m, int64_t in, int64_t size,
+                                                                           int64_t out) {
+  auto down = m.register_module("adapter_down", torch::nn::Linear(in, size));
+  auto up = m.register_module("adapter_up", torch::nn::Linear(size, out));
+  torch::NoGradGuard g;
+  up->weight.zero_();
+  up->bias.zero_();
+  return {down, up};
+}
+/// The file tensors of a bottleneck pair (keys after the module path).
+inline std::vector<std::pair<std::string, at::Tensor>> bottleneck_tensors(const torch::nn::Linear& down,
+                                                                          const torch::nn::Linear& up) {
+  return {{"adapter_down.weight", down->weight},
+          {"adapter_down.bias", down->bias},
+          {"adapter_up.weight", up->weight},
+          {"adapter_up.bias", up->bias}};
+}
+}  // namespace detail
+
 /// One bottleneck adapter: output placement h + s·Up(act(Down(h))), or parallel y + s·Up(act(Down(x))).
 class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner {
  public:
@@ -144,11 +166,7 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner
 
   void reset() override {
     act_ = nn::activation(act_name);
-    adapter_down = register_module("adapter_down", torch::nn::Linear(in_features, size));
-    adapter_up = register_module("adapter_up", torch::nn::Linear(size, out_features));
-    torch::NoGradGuard g;
-    adapter_up->weight.zero_();
-    adapter_up->bias.zero_();
+    std::tie(adapter_down, adapter_up) = detail::register_bottleneck(*this, in_features, size, out_features);
   }
   Placement placement() const override { return where; }
   std::string method() const override { return "bottleneck"; }
@@ -161,10 +179,7 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner
     return scaling == 1.0 ? y + branch(x) : y + scaling * branch(x);
   }
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
-    return {{"adapter_down.weight", adapter_down->weight},
-            {"adapter_down.bias", adapter_down->bias},
-            {"adapter_up.weight", adapter_up->weight},
-            {"adapter_up.bias", adapter_up->bias}};
+    return detail::bottleneck_tensors(adapter_down, adapter_up);
   }
   void pretty_print(std::ostream& s) const override {
     s << "peft::Bottleneck(" << placement_name(where) << ", " << in_features << " -> " << size << " -> " << out_features

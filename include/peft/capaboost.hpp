@@ -234,13 +234,7 @@ class CapaBoostAdapterImpl : public torch::nn::Cloneable<CapaBoostAdapterImpl>, 
 
   void reset() override {
     act_ = nn::activation(act_name);
-    adapter_down = register_module("adapter_down", torch::nn::Linear(in_features, size));
-    adapter_up = register_module("adapter_up", torch::nn::Linear(size, out_features));
-    {
-      torch::NoGradGuard g;
-      adapter_up->weight.zero_();
-      adapter_up->bias.zero_();
-    }
+    std::tie(adapter_down, adapter_up) = detail::register_bottleneck(*this, in_features, size, out_features);
     mask_down = register_buffer("mask_down", detail::capaboost_masks(copies, {size, in_features}, density, seed, module, "down"));
     mask_up = register_buffer("mask_up", detail::capaboost_masks(copies, {out_features, size}, density, seed, module, "up"));
   }
@@ -260,10 +254,7 @@ class CapaBoostAdapterImpl : public torch::nn::Cloneable<CapaBoostAdapterImpl>, 
   at::Tensor output(const at::Tensor& y) override { return y + scaling * branch(y); }
   at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override { return y + scaling * branch(x); }
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
-    return {{"adapter_down.weight", adapter_down->weight},
-            {"adapter_down.bias", adapter_down->bias},
-            {"adapter_up.weight", adapter_up->weight},
-            {"adapter_up.bias", adapter_up->bias}};
+    return detail::bottleneck_tensors(adapter_down, adapter_up);
   }
   void pretty_print(std::ostream& s) const override {
     s << "peft::CapaBoostAdapter(" << placement_name(where) << ", " << in_features << " -> " << size << " -> "

@@ -96,24 +96,43 @@ class PastaConfig : public AdapterConfig {
 
 /// Special-token indices [B, T] (p, or -1 for ordinary tokens) for hidden states of length `t`, from
 /// the batch as PastaConfig describes. Rows of special_token_index or input_ids shorter than `t` (prompt
-/// tuning put virtual tokens in front) are padded in front with -1.
+/// tuning put virtual tokens in front) are padded in front with -1. Throws InputError when a row holds
+/// more than `m` special tokens. Every layer of one forward sees the same batch tensor: the indices
+/// (and the check's one host sync) are computed for the first layer and reused by the others.
 inline at::Tensor special_token_indices(int64_t batch, int64_t t, int64_t m, int64_t cls_id, int64_t sep_id,
                                         const at::Device& device) {
-  auto pad_front = [&](at::Tensor idx) {
-    if (idx.dim() != 2 || idx.size(0) != batch || idx.size(1) > t)
-      throw InputError("PASTA: special token positions must be [" + std::to_string(batch) + ", <= " + std::to_string(t) +
-                       "], received " + detail::shape_str(idx.sizes().vec()));
-    if (idx.size(1) < t) idx = at::cat({at::full({batch, t - idx.size(1)}, -1, idx.options()), idx}, 1);
-    return idx.to(device, at::kLong);
-  };
-  if (auto given = batch_info(keys::special_token_index); given.defined()) return pad_front(given);
-  if (auto ids = batch_info(keys::input_ids); ids.defined()) {
-    auto special = (ids == cls_id) | (ids == sep_id);
-    auto rank = special.to(at::kLong).cumsum(1) - 1;
-    return pad_front(at::where(special, rank, at::full_like(rank, -1)));
+  const auto given = batch_info(keys::special_token_index);
+  const auto src = given.defined() ? given : batch_info(keys::input_ids);
+  if (!src.defined()) {  // no token information: the first m positions (a ViT's CLS)
+    auto pos = at::arange(t, at::TensorOptions().dtype(at::kLong).device(device));
+    return at::where(pos < m, pos, at::full_like(pos, -1)).unsqueeze(0).expand({batch, t});
   }
-  auto pos = at::arange(t, at::TensorOptions().dtype(at::kLong).device(device));
-  return at::where(pos < m, pos, at::full_like(pos, -1)).unsqueeze(0).expand({batch, t});
+  struct Cache {
+    at::Tensor source, result;
+    int64_t version = -1, t = -1, m = -1, cls = 0, sep = 0;
+  };
+  thread_local Cache cache;
+  if (cache.source.defined() && cache.source.is_same(src) && cache.version == static_cast<int64_t>(src._version()) &&
+      cache.t == t && cache.m == m && cache.cls == cls_id && cache.sep == sep_id && cache.result.device() == device)
+    return cache.result;
+
+  at::Tensor idx = src;
+  if (!given.defined()) {
+    auto special = (src == cls_id) | (src == sep_id);
+    auto rank = special.to(at::kLong).cumsum(1) - 1;
+    idx = at::where(special, rank, at::full_like(rank, -1));
+  }
+  if (idx.dim() != 2 || idx.size(0) != batch || idx.size(1) > t)
+    throw InputError("PASTA: special token positions must be [" + std::to_string(batch) + ", <= " + std::to_string(t) +
+                     "], received " + detail::shape_str(idx.sizes().vec()));
+  if (idx.size(1) < t) idx = at::cat({at::full({batch, t - idx.size(1)}, -1, idx.options()), idx}, 1);
+  idx = idx.to(device, at::kLong);
+  if (const auto most = idx.max().item<int64_t>(); most >= m)
+    throw InputError("PASTA: the batch has " + std::to_string(most + 1) +
+                     " special tokens in a row, but the adapter has num_special_tokens = " + std::to_string(m) +
+                     " (use 3 for sentence pairs)");
+  cache = {src, idx, static_cast<int64_t>(src._version()), t, m, cls_id, sep_id};
+  return idx;
 }
 
 /// One layer's table [M, d], added at the special positions of the block's input.
@@ -141,10 +160,6 @@ class PastaImpl : public torch::nn::Cloneable<PastaImpl>, public Tuner {
       throw InputError("PASTA: the block input must be [batch, seq, " + std::to_string(d) + "], received " +
                        detail::shape_str(x.sizes().vec()));
     auto idx = special_token_indices(x.size(0), x.size(1), m, cls_id, sep_id, x.device());
-    if (idx.max().item<int64_t>() >= m)
-      throw InputError("PASTA: the batch has " + std::to_string(idx.max().item<int64_t>() + 1) +
-                       " special tokens in a row, but the adapter has num_special_tokens = " + std::to_string(m) +
-                       " (use 3 for sentence pairs)");
     auto e = pasta_embedding.to(x.scalar_type());
     if (dropout > 0 && is_training()) e = at::dropout(e, dropout, true);
     // Row 0 of the lookup table is zero (ordinary tokens); row p + 1 is e_p.

@@ -81,7 +81,7 @@ class PromptTuningConfig : public AdapterConfig {
 
   static bool is_token_embedding(const TunableSlot& slot, const std::string& name) {
     if (std::string(slot.op_kind()) != "Embedding") return false;
-    const std::string last = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
+    const std::string last = last_component(name);
     return last == "word_embeddings" || last == "embed_tokens" || last == "wte" || last == "embed_in";
   }
   bool targets(const TunableSlot& slot, const std::string& name) const override {

@@ -84,6 +84,12 @@ class TargetModules {
   Kind kind_ = Kind::none;
 };
 
+/// The last component of a dotted module path ("bert.encoder.layer.0.output" -> "output").
+inline std::string last_component(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return dot == std::string::npos ? name : name.substr(dot + 1);
+}
+
 /// The index of the layer a module belongs to, PEFT's way: the number after `<pattern>.` (any
 /// component when `patterns` is empty) that is followed by another component.
 inline std::optional<int64_t> layer_index(const std::string& name, const std::vector<std::string>& patterns) {

@@ -294,28 +294,30 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
 };
 TORCH_MODULE(BertModel);
 
-/// BertForSequenceClassification: `bert` (with pooler) -> dropout -> `classifier`.
-class BertForSequenceClassificationImpl : public torch::nn::Cloneable<BertForSequenceClassificationImpl>,
-                                          public PretrainedModel {
+namespace detail {
+/// `bert` -> dropout -> `classifier`, HF's BERT classification heads: on the pooled [CLS] state
+/// (`PerToken` false: logits [B, num_labels]) or on every token (logits [B, T, num_labels]).
+template <class Derived, bool PerToken>
+class BertClassifierImpl : public torch::nn::Cloneable<Derived>, public PretrainedModel {
  public:
-  explicit BertForSequenceClassificationImpl(BertConfig c) : config(std::move(c)) {
+  explicit BertClassifierImpl(BertConfig c) : config(std::move(c)) {
     config.validate();
     reset();
     init_weights(*this, config.initializer_range);
   }
   void reset() override {
-    bert = register_module("bert", BertModel(config, true, false));
-    classifier = register_module("classifier", Linear(config.hidden_size, config.num_labels));
+    bert = this->register_module("bert", BertModel(config, /*add_pooling_layer=*/!PerToken, false));
+    classifier = this->register_module("classifier", Linear(config.hidden_size, config.num_labels));
   }
-  /// -> logits [B, num_labels].
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                      const at::Tensor& token_type_ids = {}) {
-    auto pooled = bert->forward(input_ids, attention_mask, token_type_ids).pooler_output;
-    return classifier(maybe_dropout(pooled, config.classifier_dropout.value_or(config.hidden_dropout_prob), is_training()));
+    auto out = bert->forward(input_ids, attention_mask, token_type_ids);
+    const auto& h = PerToken ? out.last_hidden_state : out.pooler_output;
+    return classifier(maybe_dropout(h, config.classifier_dropout.value_or(config.hidden_dropout_prob), this->is_training()));
   }
   json config_json() const override {
     auto j = config.to_json();
-    j["architectures"] = json::array({"BertForSequenceClassification"});
+    j["architectures"] = json::array({Derived::architecture});
     return j;
   }
   bool ignorable_key(const std::string& key) const override { return bert->ignorable_key(key); }
@@ -324,37 +326,23 @@ class BertForSequenceClassificationImpl : public torch::nn::Cloneable<BertForSeq
   BertModel bert{nullptr};
   Linear classifier{nullptr};
 };
+}  // namespace detail
+
+/// BertForSequenceClassification: `bert` (with pooler) -> dropout -> `classifier`; logits [B, num_labels].
+class BertForSequenceClassificationImpl
+    : public detail::BertClassifierImpl<BertForSequenceClassificationImpl, /*PerToken=*/false> {
+ public:
+  using BertClassifierImpl::BertClassifierImpl;
+  static constexpr const char* architecture = "BertForSequenceClassification";
+};
 TORCH_MODULE(BertForSequenceClassification);
 
-/// BertForTokenClassification: `bert` (no pooler) -> dropout -> `classifier` per token.
-class BertForTokenClassificationImpl : public torch::nn::Cloneable<BertForTokenClassificationImpl>,
-                                       public PretrainedModel {
+/// BertForTokenClassification: `bert` (no pooler) -> dropout -> `classifier` per token; logits [B, T, num_labels].
+class BertForTokenClassificationImpl
+    : public detail::BertClassifierImpl<BertForTokenClassificationImpl, /*PerToken=*/true> {
  public:
-  explicit BertForTokenClassificationImpl(BertConfig c) : config(std::move(c)) {
-    config.validate();
-    reset();
-    init_weights(*this, config.initializer_range);
-  }
-  void reset() override {
-    bert = register_module("bert", BertModel(config, false, false));
-    classifier = register_module("classifier", Linear(config.hidden_size, config.num_labels));
-  }
-  /// -> logits [B, T, num_labels].
-  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
-                     const at::Tensor& token_type_ids = {}) {
-    auto h = bert->forward(input_ids, attention_mask, token_type_ids).last_hidden_state;
-    return classifier(maybe_dropout(h, config.classifier_dropout.value_or(config.hidden_dropout_prob), is_training()));
-  }
-  json config_json() const override {
-    auto j = config.to_json();
-    j["architectures"] = json::array({"BertForTokenClassification"});
-    return j;
-  }
-  bool ignorable_key(const std::string& key) const override { return bert->ignorable_key(key); }
-  std::vector<std::string> head_modules() const override { return {"classifier"}; }
-  BertConfig config;
-  BertModel bert{nullptr};
-  Linear classifier{nullptr};
+  using BertClassifierImpl::BertClassifierImpl;
+  static constexpr const char* architecture = "BertForTokenClassification";
 };
 TORCH_MODULE(BertForTokenClassification);
 

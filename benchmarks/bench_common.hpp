@@ -1,0 +1,56 @@
+#pragma once
+// What the benchmark programs share: timing medians and the machine/date stamp of their reports.
+
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+/// The median of `v` (0 for an empty one).
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+/// Median wall time of `f` in milliseconds over `reps` runs after `warmup` untimed ones (the upper
+/// middle value for an even count); with `cuda`, each run is bracketed by device synchronization.
+template <class F>
+double median_ms(F&& f, int warmup, int reps, bool cuda = false) {
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    if (cuda) torch::cuda::synchronize();
+    const auto a = std::chrono::steady_clock::now();
+    f();
+    if (cuda) torch::cuda::synchronize();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+/// The CPU's model name from /proc/cpuinfo.
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+/// Today's date (UTC), YYYY-MM-DD.
+inline std::string utc_date() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace bench
