@@ -10,6 +10,7 @@
 #include "common/fashion_experiment.hpp"
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <torch/version.h>
 
 #include <sys/utsname.h>
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
     for (const auto& tname : tasks) {
       auto task = fashion::make_task(tname, train_raw, test_raw);
       if (quick) task.test = fashion::take(task.test, torch::arange(0, 500, torch::kLong));
-      std::fprintf(stderr, "== task %s: %s\n", tname.c_str(), task.description.c_str());
+      fmt::print(stderr, "== task {}: {}\n", tname, task.description);
       for (const auto& mname : method_names) {
         const auto& m = fashion::method(mname);
         auto& s = results[mname];
@@ -125,8 +126,8 @@ int main(int argc, char** argv) {
               reload = same ? "exact" : "DIFFERS";
               ok = ok && same;
             }
-            std::fprintf(stderr, "%-12s val loss %.4f -> %.4f, adapter reload %s: %s\n", mname.c_str(), val_before, val_after,
-                         reload.c_str(), ok ? "ok" : "FAILED");
+            fmt::print(stderr, "{:<12} val loss {:.4f} -> {:.4f}, adapter reload {}: {}\n", mname, val_before, val_after, reload,
+                       ok ? "ok" : "FAILED");
             failures += ok ? 0 : 1;
           }
           return r;
@@ -144,8 +145,8 @@ int main(int argc, char** argv) {
         }
         for (int64_t seed = quick ? 0 : 1; seed < seeds; ++seed) s.acc[tname].push_back(train_once(best_lr, seed).test_accuracy);
         s.lr[tname] = best_lr;
-        std::fprintf(stderr, "%-12s %-9s lr %.0e  test %.2f%% +- %.2f  (%.1f s/run)\n", mname.c_str(), tname.c_str(), best_lr,
-                     100 * mean(s.acc[tname]), 100 * stdev(s.acc[tname]), bench::median(s.seconds));
+        fmt::print(stderr, "{:<12} {:<9} lr {:.0e}  test {:.2f}% +- {:.2f}  ({:.1f} s/run)\n", mname, tname, best_lr,
+                   100 * mean(s.acc[tname]), 100 * stdev(s.acc[tname]), bench::median(s.seconds));
       }
     }
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
@@ -194,36 +195,30 @@ int main(int argc, char** argv) {
     md << " mean | train s/run | peak MB |\n|---|---:|---:|";
     for (std::size_t i = 0; i < tasks.size(); ++i) md << "---:|";
     md << "---:|---:|---:|\n";
-    char buf[128];
     for (const auto& r : rows) {
-      std::snprintf(buf, sizeof buf, "| %s | %lld | %.2f |", r["label"].get<std::string>().c_str(),
-                    static_cast<long long>(r["trainable"].get<int64_t>()), r["percent"].get<double>());
-      md << buf;
-      for (const auto& t : tasks) {
-        std::snprintf(buf, sizeof buf, " %.1f ± %.1f |", 100 * r["tasks"][t]["mean"].get<double>(), 100 * r["tasks"][t]["std"].get<double>());
-        md << buf;
-      }
-      std::snprintf(buf, sizeof buf, " %.1f | %.1f | %.0f |\n", 100 * r["mean"].get<double>(), r["train_seconds_median"].get<double>(),
-                    r["peak_memory_mb_median"].get<double>());
-      md << buf;
+      md << fmt::format("| {} | {} | {:.2f} |", r["label"].get<std::string>(), r["trainable"].get<int64_t>(),
+                        r["percent"].get<double>());
+      for (const auto& t : tasks)
+        md << fmt::format(" {:.1f} ± {:.1f} |", 100 * r["tasks"][t]["mean"].get<double>(), 100 * r["tasks"][t]["std"].get<double>());
+      md << fmt::format(" {:.1f} | {:.1f} | {:.0f} |\n", 100 * r["mean"].get<double>(), r["train_seconds_median"].get<double>(),
+                        r["peak_memory_mb_median"].get<double>());
     }
-    std::snprintf(buf, sizeof buf, "\n%s, %u threads, LibTorch %s, %s; %.0f min in all.\n", bench::cpu_model().c_str(), threads,
-                  TORCH_VERSION, bench::utc_date().c_str(), wall / 60);
-    md << buf;
+    md << fmt::format("\n{}, {} threads, LibTorch {}, {}; {:.0f} min in all.\n", bench::cpu_model(), threads, TORCH_VERSION,
+                      bench::utc_date(), wall / 60);
     std::cout << md.str();
     if (!quick) {
       std::filesystem::create_directories(out);
       std::ofstream(std::filesystem::path(out) / "accuracy.json") << j.dump(2) << "\n";
       std::ofstream(std::filesystem::path(out) / "accuracy.md") << md.str();
-      std::fprintf(stderr, "wrote %s/accuracy.json and accuracy.md\n", out.c_str());
+      fmt::print(stderr, "wrote {}/accuracy.json and accuracy.md\n", out);
     }
     if (failures) {
-      std::fprintf(stderr, "%d method(s) failed the smoke checks\n", failures);
+      fmt::print(stderr, "{} method(s) failed the smoke checks\n", failures);
       return 1;
     }
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }
 }

@@ -2,20 +2,26 @@
 // into one addmm, the input viewed not copied) against the naive formulation
 // y + s * B(A(dropout(x))) with a dropout call, separate matmuls, a scale and an add.
 // Forward and forward+backward, medians of interleaved runs.
-//   lora_forward_bench [hidden=1024] [tokens=2048] [r=8] [reps=30]
+//   lora_forward_bench [--hidden 1024] [--tokens 2048] [--rank 8] [--reps 30]
 #include <peft/peft.hpp>
 
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <thread>
 
 int main(int argc, char** argv) {
-  const int64_t d = argc > 1 ? std::atoll(argv[1]) : 1024, tokens = argc > 2 ? std::atoll(argv[2]) : 2048;
-  const int64_t r = argc > 3 ? std::atoll(argv[3]) : 8;
-  const int reps = argc > 4 ? std::atoi(argv[4]) : 30;
+  int64_t d = 1024, tokens = 2048, r = 8;
+  int reps = 30;
+  CLI::App app{"The library's fused LoRA branch against the naive formulation"};
+  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--tokens", tokens, "tokens (a multiple of 8)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--rank", r, "LoRA rank")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
   torch::manual_seed(0);
   peft::Linear fc(d, d);
@@ -47,7 +53,7 @@ int main(int argc, char** argv) {
     }
     std::sort(tn.begin(), tn.end());
     std::sort(to.begin(), to.end());
-    std::printf("%-17s naive %.2f ms | library %.2f ms | ratio %.3f\n", backward ? "forward+backward" : "forward",
-                tn[reps / 2], to[reps / 2], to[reps / 2] / tn[reps / 2]);
+    fmt::print("{:<17} naive {:.2f} ms | library {:.2f} ms | ratio {:.3f}\n", backward ? "forward+backward" : "forward",
+               tn[reps / 2], to[reps / 2], to[reps / 2] / tn[reps / 2]);
   }
 }

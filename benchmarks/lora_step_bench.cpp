@@ -1,15 +1,16 @@
 // Training-step time of full fine-tuning against LoRA (r=8 on every Linear) on a GEMM-bound MLP stack,
 // and inference latency base / LoRA unmerged / LoRA merged. Medians of repeated runs after warm-up.
-//   lora_step_bench [hidden=1024] [layers=2] [tokens=1024] [reps=10]
+//   lora_step_bench [--hidden 1024] [--layers 2] [--tokens 1024] [--reps 10]
 #include "bench_common.hpp"
 
 #include <peft/peft.hpp>
 
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <thread>
 
 struct StackImpl : torch::nn::Module {
@@ -33,9 +34,14 @@ double median_ms(F&& f, int reps) {
 }
 
 int main(int argc, char** argv) {
-  const int64_t d = argc > 1 ? std::atoll(argv[1]) : 1024, n = argc > 2 ? std::atoll(argv[2]) : 2;
-  const int64_t tokens = argc > 3 ? std::atoll(argv[3]) : 1024;
-  const int reps = argc > 4 ? std::atoi(argv[4]) : 10;
+  int64_t d = 1024, n = 2, tokens = 1024;
+  int reps = 10;
+  CLI::App app{"Training step and inference: full fine-tuning against LoRA (r=8, all Linear) on an MLP stack"};
+  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--layers", n, "MLP blocks (up and down projection each)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--tokens", tokens, "tokens per step")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
   torch::manual_seed(0);
   auto x = torch::randn({tokens, d});
@@ -54,11 +60,11 @@ int main(int argc, char** argv) {
   const double full_ms = step_time(full);
   Stack lora(d, n);
   peft::attach(lora, peft::LoraConfig().r(8).lora_alpha(16).target_modules("all-linear"));
-  std::printf("config: hidden %lld x %lld blocks, %lld tokens, %d threads, LibTorch %s\n", (long long)d, (long long)n,
-              (long long)tokens, torch::get_num_threads(), peft::detail::torch_version());
-  std::printf("lora: %s\n", peft::trainable_report(lora).c_str());
+  fmt::print("config: hidden {} x {} blocks, {} tokens, {} threads, LibTorch {}\n", d, n, tokens, torch::get_num_threads(),
+             peft::detail::torch_version());
+  fmt::print("lora: {}\n", peft::trainable_report(lora));
   const double lora_ms = step_time(lora);
-  std::printf("train step  full %.1f ms | lora %.1f ms | ratio %.3f\n", full_ms, lora_ms, lora_ms / full_ms);
+  fmt::print("train step  full {:.1f} ms | lora {:.1f} ms | ratio {:.3f}\n", full_ms, lora_ms, lora_ms / full_ms);
   torch::NoGradGuard g;
   lora->eval();
   full->eval();
@@ -66,6 +72,6 @@ int main(int argc, char** argv) {
   const double unmerged = median_ms([&] { lora->forward(x); }, reps);
   peft::merge_adapter(lora);
   const double merged = median_ms([&] { lora->forward(x); }, reps);
-  std::printf("inference   base %.1f ms | lora unmerged %.1f ms (%.3fx) | merged %.1f ms (%.3fx)\n", base_inf, unmerged,
-              unmerged / base_inf, merged, merged / base_inf);
+  fmt::print("inference   base {:.1f} ms | lora unmerged {:.1f} ms ({:.3f}x) | merged {:.1f} ms ({:.3f}x)\n", base_inf,
+             unmerged, unmerged / base_inf, merged, merged / base_inf);
 }

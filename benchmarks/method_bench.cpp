@@ -12,12 +12,15 @@
 #include "bench_common.hpp"
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+// Set by CMake when LibTorch is built with CUDA (Debian's CPU LibTorch ships c10/cuda headers that do
+// not compile, so their presence says nothing).
+#ifdef PEFT_BENCH_CUDA_STATS
 #include <c10/cuda/CUDACachingAllocator.h>
-#define PEFT_BENCH_CUDA_STATS 1
+#include <cuda_runtime_api.h>
 #endif
 
 #include <algorithm>
@@ -110,6 +113,13 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
   app.add_option("--methods", only, "run only these variants");
   app.add_option("--out", out, "folder for method_bench_<config>_<device>.{json,md}");
+  int64_t batch = 0, seq = 0;
+  app.add_option("--batch", batch, "batch size instead of the shape's")->check(CLI::PositiveNumber);
+  app.add_option("--seq", seq, "sequence length instead of the shape's")->check(CLI::PositiveNumber);
+  bool skip_full = false;
+  app.add_flag("--skip-full", skip_full, "leave full fine-tuning out (ratios to it are then not reported)");
+  std::string suffix;
+  app.add_option("--suffix", suffix, "appended to the output file names (method_bench_<config>_<device><suffix>)");
   CLI11_PARSE(app, argc, argv);
   try {
     torch::set_num_threads(static_cast<int>(threads));
@@ -117,7 +127,9 @@ int main(int argc, char** argv) {
     if (cuda && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device available");
     const torch::Device dev = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
     const auto st = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-    const auto sh = shapes().at(config);
+    auto sh = shapes().at(config);
+    if (batch > 0) sh.batch = batch;
+    if (seq > 0) sh.seq = seq;
     torch::manual_seed(0);
     auto ids = torch::randint(103, sh.vocab, {sh.batch, sh.seq}, torch::kLong);
     ids.select(1, 0).fill_(101);
@@ -131,7 +143,7 @@ int main(int argc, char** argv) {
     };
     std::vector<Row> rows;
     for (const auto& v : variants(sh.llama)) {
-      if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end() && v.name != "full") continue;
+      if (v.name == "full" ? skip_full : !only.empty() && std::find(only.begin(), only.end(), v.name) == only.end()) continue;
       // Peak memory of training: from before the model exists to the end of two steps (weights,
       // gradients, optimizer state, activations).
       int64_t cpu_before = 0, cuda_before = 0;
@@ -180,8 +192,8 @@ int main(int argc, char** argv) {
         }
         r.step_ms = bench::median_ms(step, warmup, reps, cuda);
       }
-      std::fprintf(stderr, "%-18s step %8.1f ms  peak +%7.1f MB  optimizer %8.2f MB  trainable %lld\n", r.name.c_str(), r.step_ms,
-                   r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, static_cast<long long>(r.trainable));
+      fmt::print(stderr, "{:<18} step {:8.1f} ms  peak +{:7.1f} MB  optimizer {:8.2f} MB  trainable {}\n", r.name, r.step_ms,
+                 r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, r.trainable);
       rows.push_back(r);
     }
 
@@ -201,54 +213,58 @@ int main(int argc, char** argv) {
     const double unmerged_ms = bench::median_ms(infer, warmup, reps, cuda);
     peft::merge_adapter(model);
     const double merged_ms = bench::median_ms(infer, warmup, reps, cuda);
-    std::fprintf(stderr, "inference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx)\n", base_ms, unmerged_ms,
-                 unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    fmt::print(stderr, "inference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x)\n", base_ms,
+               unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
 
     // Report.
     const std::string date = bench::utc_date(), cpu = bench::cpu_model();
-    const double full_ms = rows.front().step_ms, full_mb = rows.front().peak_mb;
+    std::string gpu;
+#ifdef PEFT_BENCH_CUDA_STATS
+    if (cuda) {
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, dev.has_index() ? dev.index() : 0) == cudaSuccess) gpu = prop.name;
+    }
+#endif
+    // Ratios to full fine-tuning, when it ran (0: not measured).
+    const bool have_full = !rows.empty() && rows.front().name == "full";
+    const double full_ms = have_full ? rows.front().step_ms : 0.0, full_mb = have_full ? rows.front().peak_mb : 0.0;
     nlohmann::ordered_json j;
     j["benchmark"] = "method_step";
     j["date"] = date;
     j["machine"] = {{"cpu", cpu}, {"cores", std::thread::hardware_concurrency()},
-                    {"gpu", cuda ? nlohmann::json(torch::cuda::device_count()) : nlohmann::json(nullptr)}};
+                    {"gpu", cuda ? nlohmann::json(gpu) : nlohmann::json(nullptr)}};
     j["libtorch"] = TORCH_VERSION;
     j["threads"] = threads;
     j["device"] = device;
     j["dtype"] = dtype;
     j["shape"] = {{"name", config}, {"hidden", sh.hidden}, {"layers", sh.layers}, {"heads", sh.heads}, {"seq", sh.seq}, {"batch", sh.batch}};
     j["reps"] = reps;
-    std::ostringstream md;
-    md << "| method | trainable | step ms | step / full | peak training MB | peak / full | optimizer MB |\n|---|---:|---:|---:|---:|---:|---:|\n";
-    char buf[256];
+    std::string md = "| method | trainable | step ms | step / full | peak training MB | peak / full | optimizer MB |\n"
+                     "|---|---:|---:|---:|---:|---:|---:|\n";
+    auto out_md = std::back_inserter(md);
     for (const auto& r : rows) {
       j["methods"].push_back({{"method", r.name}, {"trainable", r.trainable}, {"total", r.total}, {"step_ms", r.step_ms},
-                              {"step_ratio", r.step_ms / full_ms}, {"peak_mb", r.peak_mb},
+                              {"step_ratio", full_ms > 0 ? r.step_ms / full_ms : 0.0}, {"peak_mb", r.peak_mb},
                               {"peak_ratio", full_mb > 0 ? r.peak_mb / full_mb : 0.0}, {"optimizer_bytes", r.optimizer_bytes}});
-      std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.3f | %.1f | %.3f | %.2f |\n", r.name.c_str(),
-                    static_cast<long long>(r.trainable), r.step_ms, r.step_ms / full_ms, r.peak_mb,
-                    full_mb > 0 ? r.peak_mb / full_mb : 0.0, static_cast<double>(r.optimizer_bytes) / 1e6);
-      md << buf;
+      fmt::format_to(out_md, "| {} | {} | {:.1f} | {:.3f} | {:.1f} | {:.3f} | {:.2f} |\n", r.name, r.trainable, r.step_ms,
+                     full_ms > 0 ? r.step_ms / full_ms : 0.0, r.peak_mb, full_mb > 0 ? r.peak_mb / full_mb : 0.0,
+                     static_cast<double>(r.optimizer_bytes) / 1e6);
     }
     j["inference"] = {{"base_ms", base_ms}, {"lora_unmerged_ms", unmerged_ms}, {"lora_merged_ms", merged_ms},
                       {"unmerged_ratio", unmerged_ms / base_ms}, {"merged_ratio", merged_ms / base_ms}};
-    std::snprintf(buf, sizeof buf, "\nInference: base %.1f ms, LoRA unmerged %.1f ms (%.3fx), merged %.1f ms (%.3fx).\n", base_ms,
-                  unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
-    md << buf;
-    std::snprintf(buf, sizeof buf, "%s %s (hidden %lld x %lld layers, seq %lld, batch %lld, vocabulary %lld), %s %s; %s, %u threads, LibTorch %s, %s.\n",
-                  sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config.c_str(), static_cast<long long>(sh.hidden), static_cast<long long>(sh.layers),
-                  static_cast<long long>(sh.seq), static_cast<long long>(sh.batch), static_cast<long long>(sh.vocab), device.c_str(),
-                  dtype.c_str(), cpu.c_str(),
-                  threads, TORCH_VERSION, date.c_str());
-    md << buf;
-    std::cout << md.str();
+    fmt::format_to(out_md, "\nInference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x).\n",
+                   base_ms, unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    fmt::format_to(out_md, "{} {} (hidden {} x {} layers, seq {}, batch {}, vocabulary {}), {} {}; {}{}, {} threads, LibTorch {}, {}.\n",
+                   sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config, sh.hidden, sh.layers, sh.seq, sh.batch,
+                   sh.vocab, device, dtype, cpu, gpu.empty() ? std::string() : ", " + gpu, threads, TORCH_VERSION, date);
+    fmt::print("{}", md);
     std::filesystem::create_directories(out);
-    const auto stem = std::filesystem::path(out) / ("method_bench_" + config + "_" + device);
+    const auto stem = std::filesystem::path(out) / ("method_bench_" + config + "_" + device + suffix);
     std::ofstream(stem.string() + ".json") << j.dump(2) << "\n";
-    std::ofstream(stem.string() + ".md") << md.str();
+    std::ofstream(stem.string() + ".md") << md;
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }
 }

@@ -6,7 +6,7 @@
 //  3. save the base checkpoint and the adapter (HF PEFT layout), reload both into a fresh model and show
 //     that its outputs match; finally merge the adapter and show the merged model agrees.
 #include <peft/peft.hpp>
-#include <peft/train.hpp>
+#include <peft/train/train.hpp>
 
 #include <torch/torch.h>
 

@@ -9,6 +9,7 @@
 #include "common/fashion_experiment.hpp"
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <cstdio>
 #include <thread>
@@ -45,9 +46,8 @@ int main(int argc, char** argv) {
     auto train_raw = fashion::load_split(true), test_raw = fashion::load_split(false);
     const auto ckpt = fashion::pretrained_checkpoint(train_raw, upstream_steps);
     const auto task = fashion::make_task(task_name, train_raw, test_raw);
-    std::printf("task: %s; %lld train / %lld validation / %lld test images\n", task.description.c_str(),
-                static_cast<long long>(task.train.x.size(0)), static_cast<long long>(task.val.x.size(0)),
-                static_cast<long long>(task.test.x.size(0)));
+    fmt::print("task: {}; {} train / {} validation / {} test images\n", task.description, task.train.x.size(0),
+               task.val.x.size(0), task.test.x.size(0));
 
     struct Row {
       std::string label;
@@ -66,23 +66,24 @@ int main(int argc, char** argv) {
     train_one(fashion::method("full"), full_lr);
     auto tuned = train_one(fashion::method(method), lr);
 
-    std::printf("\n%-32s %9s %12s %10s %9s %12s\n", "method", "test acc", "trainable", "% of model", "time (s)", "peak mem MB");
+    fmt::print("\n{:<32} {:>9} {:>12} {:>10} {:>9} {:>12}\n", "method", "test acc", "trainable", "% of model", "time (s)",
+               "peak mem MB");
     for (const auto& [label, r] : rows)
-      std::printf("%-32s %8.2f%% %12lld %9.3f%% %9.1f %12.1f\n", label.c_str(), 100 * r.test_accuracy,
-                  static_cast<long long>(r.trainable), 100.0 * static_cast<double>(r.trainable) / static_cast<double>(r.total),
-                  r.train_seconds, static_cast<double>(r.peak_rss_growth) / 1e6);
+      fmt::print("{:<32} {:8.2f}% {:>12} {:9.3f}% {:9.1f} {:12.1f}\n", label, 100 * r.test_accuracy, peft::detail::thousands(r.trainable),
+                 100.0 * static_cast<double>(r.trainable) / static_cast<double>(r.total), r.train_seconds,
+                 static_cast<double>(r.peak_rss_growth) / 1e6);
 
     if (fashion::method(method).adapter) {
       // Reload into a fresh copy of the pretrained model: the outputs must be the same.
       auto [trained, reloaded] = fashion::save_and_reload(*tuned, ckpt, task.num_classes, out, task.test.x.slice(0, 0, 64), dev);
       const bool same = torch::allclose(trained, reloaded, 1e-5, 1e-5);
-      std::printf("\nadapter saved to %s (HF PEFT layout: adapter_config.json + adapter_model.safetensors); reloaded: %s\n",
-                  out.c_str(), same ? "same outputs" : "OUTPUTS DIFFER");
+      fmt::print("\nadapter saved to {} (HF PEFT layout: adapter_config.json + adapter_model.safetensors); reloaded: {}\n", out,
+                 same ? "same outputs" : "OUTPUTS DIFFER");
       if (!same) return 1;
     }
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    fmt::print(stderr, "error: {}\n", e.what());
     return 1;
   }
 }

@@ -4,9 +4,8 @@
 //   peft-cli inspect model.safetensors
 //   peft-cli inspect out/adapter
 //   peft-cli merge --base model.safetensors --adapter out/adapter --out merged.safetensors [--scale S]
-#include <peft/adapter_io.hpp>
-#include <peft/merge_checkpoint.hpp>
-#include <peft/safetensors.hpp>
+//   peft-cli methods
+#include <peft/peft.hpp>  // every built-in method, so that any adapter can be inspected
 
 #include <CLI/CLI.hpp>
 
@@ -31,7 +30,9 @@ void inspect_file(const std::string& path) {
 
 void inspect_adapter(const std::filesystem::path& dir) {
   auto cfg = peft::read_adapter_config(dir);
-  std::cout << dir.string() << "\n  peft_type: " << cfg->peft_type() << "\n  config: " << cfg->to_json().dump() << "\n";
+  const auto method = peft::MethodRegistry::global().at(cfg->peft_type());
+  std::cout << dir.string() << "\n  method: " << method.display_name << " (peft_type " << method.peft_type
+            << ")\n  config: " << cfg->to_json().dump() << "\n";
   peft::SafetensorsFile f((dir / peft::kAdapterWeightsFile).string());
   uint64_t total = 0;
   for (const auto& t : f.infos()) {
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   merge->add_option("--adapter", adapter, "HF PEFT LoRA adapter directory")->required();
   merge->add_option("--out", out, "output safetensors file (written atomically)")->required();
   merge->add_option("--scale", scale, "extra factor on the adapter's delta (default 1)");
+  auto* methods = app.add_subcommand("methods", "List the methods this build knows (peft_type and name)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -65,6 +67,8 @@ int main(int argc, char** argv) {
     if (*inspect) {
       if (std::filesystem::is_directory(path)) inspect_adapter(path);
       else inspect_file(path);
+    } else if (*methods) {
+      for (const auto& m : peft::MethodRegistry::global().methods()) std::cout << m.peft_type << "\t" << m.display_name << "\n";
     } else if (*merge) {
       auto r = peft::merge_lora_checkpoint(base, adapter, out, scale);
       std::cout << "merged " << r.merged << " weights, replaced " << r.replaced << " tensors, copied " << r.copied

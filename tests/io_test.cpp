@@ -339,7 +339,129 @@ TEST_CASE("merging an adapter into a safetensors checkpoint", "[merge][checkpoin
     CHECK(run("frobnicate") != 0);
     std::string out = (d / "out.txt");
     std::system((std::string(PEFT_CLI_PATH) + " inspect " + (d / "adapter") + " > " + out + " 2>&1").c_str());
-    CHECK_THAT(peft_test::read_file(out), Catch::Contains("peft_type: LORA") && Catch::Contains("trainable parameters:"));
+    CHECK_THAT(peft_test::read_file(out), Catch::Contains("method: LoRA (peft_type LORA)") && Catch::Contains("trainable parameters:"));
+    std::system((std::string(PEFT_CLI_PATH) + " methods > " + out + " 2>&1").c_str());
+    const auto listed = peft_test::read_file(out);
+    for (const auto& m : peft::MethodRegistry::global().methods())  // every built-in one (TEST_SHIFT lives in this test only)
+      if (m.peft_type != "TEST_SHIFT") CHECK_THAT(listed, Catch::Contains(m.peft_type + "\t" + m.display_name + "\n"));
   }
 #endif
+}
+
+// A method the library does not know, defined here the way a user would: a trainable shift added to a
+// Linear's output (parallel placement), registered under its own peft_type.
+namespace shift_method {
+
+class ShiftConfig : public peft::AdapterConfig {
+ public:
+  TORCH_ARG(peft::TargetModules, target_modules);
+  TORCH_ARG(bool, inference_mode) = false;
+
+ public:
+  std::string peft_type() const override { return "TEST_SHIFT"; }
+  peft::TargetRules target_rules() const override { return {target_modules_, {}, {}, {}}; }
+  std::shared_ptr<torch::nn::Module> make_tuner(peft::TunableSlot& slot, const std::string& name,
+                                                const std::shared_ptr<const peft::AdapterConfig>& self) const override;
+  nlohmann::ordered_json to_json() const override {
+    return {{"peft_type", "TEST_SHIFT"}, {"target_modules", target_modules_.to_json()}, {"inference_mode", inference_mode_}};
+  }
+  static ShiftConfig from_json(const nlohmann::ordered_json& j, const std::string&) {
+    ShiftConfig c;
+    c.target_modules_ = peft::TargetModules::from_json(j.at("target_modules"), "target_modules");
+    c.inference_mode_ = j.value("inference_mode", false);
+    return c;
+  }
+  std::shared_ptr<peft::AdapterConfig> clone() const override { return std::make_shared<ShiftConfig>(*this); }
+  bool frozen() const override { return inference_mode_; }
+  void set_frozen(bool f) override { inference_mode_ = f; }
+};
+
+class ShiftImpl : public torch::nn::Cloneable<ShiftImpl>, public peft::Tuner {
+ public:
+  ShiftImpl(int64_t features, std::shared_ptr<const peft::AdapterConfig> config) : features(features), config_(std::move(config)) {
+    reset();
+  }
+  void reset() override { shift = register_parameter("shift", torch::zeros({features})); }
+  peft::Placement placement() const override { return peft::Placement::parallel; }
+  std::string method() const override { return "shift"; }
+  const std::shared_ptr<const peft::AdapterConfig>& config() const override { return config_; }
+  torch::nn::Module& as_module() override { return *this; }
+  at::Tensor parallel(const at::Tensor&, const at::Tensor& y) override { return y + shift; }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override { return {{"shift", shift}}; }
+
+  int64_t features;
+  torch::Tensor shift;
+
+ private:
+  std::shared_ptr<const peft::AdapterConfig> config_;
+};
+
+inline std::shared_ptr<torch::nn::Module> ShiftConfig::make_tuner(peft::TunableSlot& slot, const std::string& name,
+                                                                  const std::shared_ptr<const peft::AdapterConfig>& self) const {
+  if (std::string(slot.op_kind()) != "Linear") throw peft::MatchError("shift adapts Linear ops only, not '" + name + "'");
+  return std::make_shared<ShiftImpl>(slot.features().second, self);
+}
+
+PEFT_REGISTER_METHOD(test_shift, ShiftConfig, "TEST_SHIFT", "Output shift (test)")
+
+}  // namespace shift_method
+
+TEST_CASE("a method defined outside the library registers, attaches, saves and loads", "[registry][adapter][io]") {
+  const auto& registry = peft::MethodRegistry::global();
+  SECTION("the registry knows every built-in method and the new one") {
+    std::vector<std::string> types;
+    for (const auto& m : registry.methods()) types.push_back(m.peft_type);
+    CHECK(types == std::vector<std::string>{"BITFIT", "BOTTLENECK", "CAPABOOST", "IA3", "LORA", "PASTA", "PREFIX_TUNING",
+                                            "PROMPT_TUNING", "RLRR", "TEST_SHIFT", "VPT_DEEP"});
+    CHECK(registry.at("TEST_SHIFT").display_name == "Output shift (test)");
+    CHECK(registry.at("LORA").display_name == "LoRA");
+  }
+  SECTION("a peft_type is registered once") {
+    try {
+      peft::register_method<shift_method::ShiftConfig>("TEST_SHIFT", "Another shift");
+      FAIL("a second registration of TEST_SHIFT was accepted");
+    } catch (const peft::ConfigError& e) {
+      CHECK(e.message() == "registering method 'Another shift': peft_type 'TEST_SHIFT' is already registered by 'Output shift (test)'");
+    }
+  }
+  SECTION("round trip through the adapter files") {
+    torch::manual_seed(21);
+    TempDir d;
+    ToyModel m;
+    auto r = peft::attach(m, shift_method::ShiftConfig().target_modules({"fc2"}));
+    CHECK(r.targeted == std::vector<std::string>{"layers.0.mlp.fc2", "layers.1.mlp.fc2"});
+    CHECK(peft::count_parameters(m).trainable == 2 * 16);
+    {
+      torch::NoGradGuard g;
+      for (auto& p : m->parameters())
+        if (p.requires_grad()) p.normal_();
+    }
+    auto ids = torch::randint(0, 32, {2, 5});
+    auto y = m->forward(ids);
+    peft::save_adapter(m, d.path());
+    auto j = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
+    CHECK(j["peft_type"] == "TEST_SHIFT");
+    peft::SafetensorsFile f(d / "adapter_model.safetensors");
+    CHECK(f.info("base_model.model.layers.1.mlp.fc2.shift").shape == std::vector<int64_t>{16});
+
+    ToyModel fresh;
+    peft_test::copy_weights(*fresh, *m);  // base weights only: the shifts are not parameters of fresh yet
+    CHECK_FALSE(torch::allclose(fresh->forward(ids), y));
+    peft::load_adapter(fresh, d.path());
+    CHECK(torch::equal(fresh->forward(ids), y));
+    CHECK(std::dynamic_pointer_cast<const shift_method::ShiftConfig>(peft::adapter_config(fresh, "default")));
+  }
+  SECTION("an unknown peft_type names the known ones") {
+    TempDir d;
+    peft_test::write_file(d / "adapter_config.json", R"({"peft_type": "NOPE"})");
+    ToyModel m;
+    try {
+      peft::load_adapter(m, d.path());
+      FAIL("an unknown peft_type was accepted");
+    } catch (const peft::ConfigError& e) {
+      const std::string msg = e.message();
+      CHECK(msg.find("peft_type 'NOPE' is not supported (expected one of BITFIT, BOTTLENECK, CAPABOOST, IA3, LORA") != std::string::npos);
+      CHECK(msg.find("TEST_SHIFT") != std::string::npos);
+    }
+  }
 }

@@ -4,7 +4,7 @@
 // upstream-pretrained ViT (cached as safetensors), every method's setup, and one training run.
 
 #include <peft/peft.hpp>
-#include <peft/train.hpp>
+#include <peft/train/train.hpp>
 
 #include <torch/data/datasets/mnist.h>
 #include <torch/torch.h>

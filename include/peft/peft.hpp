@@ -5,30 +5,55 @@
 ///     #include <peft/peft.hpp>
 ///     peft::Linear fc(peft::LinearOptions(64, 64));
 ///     peft::attach(*model, peft::LoraConfig().r(8).target_modules({"fc"}));
+///
+/// The library is layered; each folder includes only the ones above it in this list:
+///   core/    the frame: Tuner, TunableSlot, AdapterConfig, target matching, whole-model operations
+///   slots/   the frozen ops adapters attach to: Linear, Embedding, Conv2d, LayerNorm
+///   nn/      building blocks made of slots: attention, feed-forward, transformer block, RMSNorm
+///   tuners/  one header per method, each registering itself in tuners/registry.hpp
+///   io/      safetensors, adapter files in PEFT's layout, checkpoint merge
+///   models/  the model zoo (ViT, BERT, LLaMA) and Hugging Face checkpoints
+///   train/   training helpers
 
-#include <peft/adapter_config.hpp>
-#include <peft/detail/compat.hpp>
-#include <peft/adapter_io.hpp>
-#include <peft/bitfit.hpp>
-#include <peft/bottleneck.hpp>
-#include <peft/capaboost.hpp>
-#include <peft/ia3.hpp>
-#include <peft/pasta.hpp>
-#include <peft/prefix.hpp>
-#include <peft/prompt.hpp>
-#include <peft/rlrr.hpp>
-#include <peft/conv2d.hpp>
-#include <peft/embedding.hpp>
-#include <peft/error.hpp>
-#include <peft/layer_norm.hpp>
-#include <peft/linear.hpp>
-#include <peft/lora.hpp>
-#include <peft/merge_checkpoint.hpp>
-#include <peft/model.hpp>
-#include <peft/models.hpp>
-#include <peft/safetensors.hpp>
-#include <peft/target_modules.hpp>
-#include <peft/train.hpp>
-#include <peft/tunable.hpp>
-#include <peft/tuner.hpp>
-#include <peft/version.hpp>
+#include <peft/core/adapter_config.hpp>
+#include <peft/core/detail/compat.hpp>
+#include <peft/core/error.hpp>
+#include <peft/core/model.hpp>
+#include <peft/core/target_modules.hpp>
+#include <peft/core/tunable.hpp>
+#include <peft/core/tuner.hpp>
+#include <peft/core/version.hpp>
+
+#include <peft/slots/conv2d.hpp>
+#include <peft/slots/embedding.hpp>
+#include <peft/slots/layer_norm.hpp>
+#include <peft/slots/linear.hpp>
+
+#include <peft/nn/attention.hpp>
+#include <peft/nn/block.hpp>
+#include <peft/nn/context.hpp>
+#include <peft/nn/feed_forward.hpp>
+#include <peft/nn/rms_norm.hpp>
+
+#include <peft/tuners/bitfit.hpp>
+#include <peft/tuners/bottleneck.hpp>
+#include <peft/tuners/capaboost.hpp>
+#include <peft/tuners/ia3.hpp>
+#include <peft/tuners/lora.hpp>
+#include <peft/tuners/pasta.hpp>
+#include <peft/tuners/prefix.hpp>
+#include <peft/tuners/prompt.hpp>
+#include <peft/tuners/registry.hpp>
+#include <peft/tuners/rlrr.hpp>
+
+#include <peft/io/adapter_io.hpp>
+#include <peft/io/merge_checkpoint.hpp>
+#include <peft/io/safetensors.hpp>
+
+#include <peft/models/bert.hpp>
+#include <peft/models/common.hpp>
+#include <peft/models/llama.hpp>
+#include <peft/models/pretrained.hpp>
+#include <peft/models/vit.hpp>
+
+#include <peft/train/train.hpp>

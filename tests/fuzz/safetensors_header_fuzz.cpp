@@ -1,7 +1,7 @@
 // libFuzzer target for the safetensors header parser: any input must either parse into a header whose
 // tensors tile the data buffer exactly, or raise peft::FormatError. Anything else (a crash, a sanitizer
 // report, another exception type) is a bug.
-#include <peft/detail/safetensors_header.hpp>
+#include <peft/io/detail/safetensors_header.hpp>
 
 #include <cstdlib>
 

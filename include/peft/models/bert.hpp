@@ -10,15 +10,15 @@
 ///     peft::load_pretrained(*bert, "bert/", peft::LoadOptions().strict(false));
 ///     auto logits = bert->forward(input_ids, attention_mask);
 
-#include <peft/embedding.hpp>
-#include <peft/layer_norm.hpp>
-#include <peft/linear.hpp>
+#include <peft/core/tunable.hpp>
 #include <peft/models/common.hpp>
 #include <peft/models/vit.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/nn/context.hpp>
 #include <peft/nn/feed_forward.hpp>
-#include <peft/tunable.hpp>
+#include <peft/slots/embedding.hpp>
+#include <peft/slots/layer_norm.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <torch/nn/modules/container/modulelist.h>
 

@@ -4,11 +4,11 @@
 /// that load_pretrained / save_pretrained use, and small layout modules that give Hugging Face's
 /// module paths (`attention.self.query`, `intermediate.dense`, ...).
 
-#include <peft/detail/json_fields.hpp>
-#include <peft/error.hpp>
-#include <peft/embedding.hpp>
-#include <peft/layer_norm.hpp>
-#include <peft/linear.hpp>
+#include <peft/core/detail/json_fields.hpp>
+#include <peft/core/error.hpp>
+#include <peft/slots/embedding.hpp>
+#include <peft/slots/layer_norm.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <nlohmann/json.hpp>
 #include <torch/nn/cloneable.h>

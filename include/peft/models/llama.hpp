@@ -11,13 +11,13 @@
 
 #include <torch/arg.h>
 
-#include <peft/embedding.hpp>
-#include <peft/linear.hpp>
 #include <peft/models/common.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/nn/block.hpp>
 #include <peft/nn/context.hpp>
 #include <peft/nn/rms_norm.hpp>
+#include <peft/slots/embedding.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <torch/nn/functional/linear.h>
 #include <torch/nn/modules/container/modulelist.h>

@@ -6,11 +6,11 @@
 ///     auto report = peft::load_pretrained(*model, "bert-base-uncased/", peft::LoadOptions().strict(false));
 ///     peft::save_pretrained(*model, "out/");   // model.safetensors + config.json, written atomically
 
-#include <peft/detail/atomic_file.hpp>
-#include <peft/error.hpp>
-#include <peft/model.hpp>
+#include <peft/core/detail/atomic_file.hpp>
+#include <peft/core/error.hpp>
+#include <peft/core/model.hpp>
+#include <peft/io/safetensors.hpp>
 #include <peft/models/common.hpp>
-#include <peft/safetensors.hpp>
 
 #include <torch/arg.h>
 

@@ -10,14 +10,14 @@
 ///     peft::load_pretrained(*vit, "vit/", peft::LoadOptions().strict(false));   // skip the pretraining head
 ///     auto logits = vit->forward(pixels);                       // [B, num_labels]
 
-#include <peft/conv2d.hpp>
-#include <peft/layer_norm.hpp>
-#include <peft/linear.hpp>
+#include <peft/core/tunable.hpp>
 #include <peft/models/common.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/nn/context.hpp>
 #include <peft/nn/feed_forward.hpp>
-#include <peft/tunable.hpp>
+#include <peft/slots/conv2d.hpp>
+#include <peft/slots/layer_norm.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <torch/nn/modules/container/modulelist.h>
 
@@ -112,8 +112,10 @@ class ViTEmbeddingsImpl : public CompositeSlot<ViTEmbeddingsImpl> {
   explicit ViTEmbeddingsImpl(ViTConfig c) : config(std::move(c)) { reset(); }
   void reset() override {
     const auto d = config.hidden_size;
-    cls_token = register_parameter("cls_token", at::zeros({1, 1, d}));
-    position_embeddings = register_parameter("position_embeddings", at::zeros({1, config.num_patches() + 1, d}));
+    // clone() copies the object and calls reset(): keep whether these train (a frozen base stays frozen).
+    cls_token = peft::detail::register_keep_grad(*this, "cls_token", cls_token, at::zeros({1, 1, d}));
+    position_embeddings = peft::detail::register_keep_grad(*this, "position_embeddings", position_embeddings,
+                                                     at::zeros({1, config.num_patches() + 1, d}));
     patch_embeddings = register_module("patch_embeddings", std::make_shared<PatchEmbeddingsImpl>(config));
     reset_adapters();
   }

@@ -10,11 +10,11 @@
 ///     in.mask = peft::nn::make_attention_mask(pad_mask, x.size(1), /*past=*/0, /*causal=*/true, x);
 ///     auto y = attn->forward(x, in);
 
-#include <peft/detail/compat.hpp>
-#include <peft/detail/safetensors_header.hpp>
-#include <peft/error.hpp>
-#include <peft/linear.hpp>
-#include <peft/tunable.hpp>
+#include <peft/core/detail/compat.hpp>
+#include <peft/core/detail/strings.hpp>
+#include <peft/core/error.hpp>
+#include <peft/core/tunable.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <torch/arg.h>
 #include <torch/nn/pimpl.h>

@@ -4,11 +4,11 @@
 /// (x + attn(norm(x)), LLaMA/ViT style) or post-norm (norm(x + attn(x)), BERT style). Its parts keep
 /// LLaMA's names: self_attn, mlp, input_layernorm, post_attention_layernorm.
 
-#include <peft/layer_norm.hpp>
+#include <peft/core/tunable.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/nn/feed_forward.hpp>
 #include <peft/nn/rms_norm.hpp>
-#include <peft/tunable.hpp>
+#include <peft/slots/layer_norm.hpp>
 
 #include <torch/arg.h>
 #include <torch/nn/modules/container/any.h>

@@ -3,9 +3,9 @@
 /// Feed-forward ops as tunable composites: the GELU MLP (fc1 -> act -> fc2) and the gated SwiGLU MLP
 /// (down(act(gate(x)) * up(x)), LLaMA's layout), plus Hugging Face's activation names.
 
-#include <peft/error.hpp>
-#include <peft/linear.hpp>
-#include <peft/tunable.hpp>
+#include <peft/core/error.hpp>
+#include <peft/core/tunable.hpp>
+#include <peft/slots/linear.hpp>
 
 #include <torch/arg.h>
 #include <torch/nn/pimpl.h>

@@ -4,7 +4,7 @@
 ///
 ///     y = weight * (x / sqrt(mean(x^2) + eps)), computed in float32 and cast back to x's dtype.
 
-#include <peft/tunable.hpp>
+#include <peft/core/tunable.hpp>
 
 #include <torch/arg.h>
 #include <torch/nn/pimpl.h>

@@ -1,0 +1,362 @@
+#pragma once
+/// \file model.hpp
+/// Operations on a whole model: attach adapters by name, choose the active ones, freeze everything
+/// else, disable, merge, report.
+///
+///     auto cfg = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"});
+///     peft::attach(*model, cfg);                        // adapter "default", active, trainable
+///     std::cout << peft::trainable_report(*model);      // trainable params: ... || all params: ...
+///     { peft::DisableAdapters off(*model); base_out = model->forward(x); }
+///     peft::merge_and_unload(*model);
+
+#include <peft/core/adapter_config.hpp>
+#include <peft/core/error.hpp>
+#include <peft/core/tunable.hpp>
+
+#include <fmt/format.h>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+namespace peft {
+
+/// What the model-level functions accept: a module (`*model`), a `std::shared_ptr` to one, or a
+/// LibTorch module holder (`MyNet net; peft::attach(net, cfg);`).
+class ModelRef {
+ public:
+  ModelRef(torch::nn::Module& m) : m_(&m) {}
+  template <class M, class = std::enable_if_t<std::is_base_of_v<torch::nn::Module, M>>>
+  ModelRef(const std::shared_ptr<M>& p) : m_(p.get()) { check(); }
+  template <class M>
+  ModelRef(const torch::nn::ModuleHolder<M>& h) : m_(h.is_empty() ? nullptr : h.ptr().get()) { check(); }
+  torch::nn::Module& operator*() const { return *m_; }
+  torch::nn::Module* operator->() const { return m_; }
+
+ private:
+  void check() const {
+    if (!m_) throw StateError("the model is empty (a null module pointer or holder)");
+  }
+  torch::nn::Module* m_;
+};
+
+/// A slot found in a model, with its dotted module path.
+struct NamedSlot {
+  std::string name;
+  TunableSlot* slot;
+};
+
+/// Every tunable slot in `model`, in named_modules() order (adapters' own modules are skipped).
+inline std::vector<NamedSlot> tunable_slots(ModelRef model) {
+  std::vector<NamedSlot> out;
+  // named_modules(include_self = true) needs the model in a shared_ptr; look at the root separately.
+  if (auto* s = dynamic_cast<TunableSlot*>(&*model)) out.push_back({"", s});
+  for (const auto& item : model->named_modules("", /*include_self=*/false))
+    if (auto* s = dynamic_cast<TunableSlot*>(item.value().get())) out.push_back({item.key(), s});
+  return out;
+}
+
+/// Names of all adapters present anywhere in the model, in order of first appearance.
+inline std::vector<std::string> adapter_names(ModelRef model) {
+  std::vector<std::string> names;
+  for (const auto& s : tunable_slots(model))
+    for (const auto& n : s.slot->adapter_names())
+      if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+  return names;
+}
+
+/// The config an adapter was attached with (nullptr if the model has no such adapter).
+inline std::shared_ptr<const AdapterConfig> adapter_config(ModelRef model, const std::string& name) {
+  for (const auto& s : tunable_slots(model))
+    if (auto* t = s.slot->adapter(name)) return t->config();
+  return nullptr;
+}
+
+/// The active adapters (as set by attach / set_adapter), or empty.
+inline std::vector<std::string> active_adapters(ModelRef model) {
+  for (const auto& s : tunable_slots(model))
+    if (!s.slot->adapter_names().empty()) return s.slot->active_adapters();
+  return {};
+}
+
+namespace detail {
+
+/// Modules a modules_to_save entry names, PEFT's way (exact name or dot-boundary suffix).
+inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> resolve_modules_to_save(
+    ModelRef model, const std::vector<std::string>& entries) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
+  for (const auto& entry : entries) {
+    bool found = false;
+    TargetModules one({entry});
+    for (const auto& item : model->named_modules("", false)) {
+      if (!one.matches(item.key())) continue;
+      out.emplace_back(item.key(), item.value());
+      found = true;
+    }
+    if (!found) throw MatchError("modules_to_save entry '" + entry + "' matches no module of the model");
+  }
+  return out;
+}
+
+/// Parameters (name relative to the model, tensor) that an adapter's config trains in full: those of
+/// modules_to_save, and base biases per the config's `bias` mode.
+inline std::vector<std::pair<std::string, at::Tensor>> extra_trainables(ModelRef model,
+                                                                         const AdapterConfig& config,
+                                                                         const std::string& adapter) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [mname, m] : resolve_modules_to_save(model, config.saved_modules()))
+    for (const auto& p : m->named_parameters(true)) out.emplace_back(mname + "." + p.key(), p.value());
+  const std::string bias = config.bias_mode();
+  if (bias == "all") {
+    for (const auto& p : model->named_parameters(true)) {
+      const auto& k = p.key();
+      if ((k == "bias" || (k.size() > 5 && k.compare(k.size() - 5, 5, ".bias") == 0)))
+        out.emplace_back(k, p.value());
+    }
+  } else if (bias != "none") {  // "<method>_only": biases of the slots this adapter adapts
+    for (const auto& s : tunable_slots(model))
+      if (s.slot->adapter(adapter) && s.slot->base_weights().bias.defined())
+        out.emplace_back(s.name.empty() ? "bias" : s.name + ".bias", s.slot->base_weights().bias);
+  }
+  // Deduplicate (a bias may be both in a module to save and in "all").
+  std::vector<std::pair<std::string, at::Tensor>> unique;
+  std::set<std::string> seen;
+  for (auto& e : out)
+    if (seen.insert(e.first).second) unique.push_back(std::move(e));
+  return unique;
+}
+
+}  // namespace detail
+
+/// Recomputes requires_grad for the whole model: everything frozen except the parameters of the
+/// active adapters (unless their config has inference_mode) and what their configs train in full.
+inline void mark_only_adapters_trainable(ModelRef model) {
+  for (auto& p : model->parameters(true)) p.set_requires_grad(false);
+  const auto active = active_adapters(model);
+  for (const auto& name : active) {
+    auto cfg = adapter_config(model, name);
+    if (!cfg || cfg->frozen()) continue;
+    for (const auto& s : tunable_slots(model))
+      if (auto* t = s.slot->adapter(name))
+        for (auto& p : t->as_module().parameters(true)) p.set_requires_grad(true);
+    for (auto& [k, p] : detail::extra_trainables(model, *cfg, name)) p.set_requires_grad(true);
+  }
+}
+
+/// What attach() did.
+struct AttachResult {
+  std::string adapter;
+  std::vector<std::string> targeted;         ///< module paths that received a tuner
+  std::vector<std::string> modules_to_save;  ///< module paths trained in full
+};
+
+namespace detail {
+inline std::string sample_names(const std::vector<NamedSlot>& slots) {
+  std::string r;
+  std::size_t n = 0;
+  for (const auto& s : slots) {
+    if (n == 12) { r += ", ... (" + std::to_string(slots.size()) + " in all)"; break; }
+    r += (n++ ? ", " : "") + std::string("'") + s.name + "' (" + s.slot->op_kind() + ")";
+  }
+  return r.empty() ? "none: the model has no tunable slots (build it from peft::Linear etc.)" : r;
+}
+
+/// Builds (but does not attach) a tuner for every targeted slot. Throws before anything changes.
+/// `config` is completed with what the targeted modules tell (AdapterConfig::complete) first.
+inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan_tuners(
+    ModelRef model, const std::shared_ptr<AdapterConfig>& config, const std::string& adapter) {
+  check_adapter_name(adapter);
+  config->validate();
+  auto slots = tunable_slots(model);
+  for (const auto& s : slots)
+    if (s.slot->adapter(adapter))
+      throw StateError("the model already has an adapter named '" + adapter + "' (on module '" + s.name +
+                       "'); delete it first or choose another name");
+  std::vector<NamedSlot> chosen;
+  for (const auto& s : slots)
+    if (config->targets(*s.slot, s.name)) chosen.push_back(s);
+  if (!chosen.empty()) {
+    std::vector<std::pair<std::string, TunableSlot*>> targeted;
+    for (const auto& s : chosen) targeted.emplace_back(s.name, s.slot);
+    config->complete(targeted);
+    config->validate();
+    chosen.clear();
+    for (const auto& [n, s] : targeted) chosen.push_back({n, s});
+  }
+  std::shared_ptr<const AdapterConfig> shared = config;
+  std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan;
+  for (const auto& s : chosen) {
+    auto tuner = config->make_tuner(*s.slot, s.name, shared);
+    // New tuners follow the device and dtype of the op they adapt (a composite op: its first parameter).
+    auto w = s.slot->base_weights().weight;
+    if (!w.defined()) {
+      auto ps = s.slot->as_module().parameters(true);
+      if (!ps.empty()) w = ps.front();
+    }
+    if (w.defined()) tuner->to(w.device(), w.scalar_type());
+    plan.emplace_back(s, std::move(tuner));
+  }
+  if (plan.empty()) {
+    const auto rules = config->target_rules();
+    throw MatchError("target_modules " + rules.target_modules.to_json().dump() + " of adapter '" + adapter +
+                     "' matched no tunable module; available: " + sample_names(slots));
+  }
+  resolve_modules_to_save(model, config->saved_modules());  // validates the entries
+  return plan;
+}
+
+inline void commit_tuners(ModelRef model,
+                          std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>>& plan,
+                          const std::string& adapter) {
+  const bool first = active_adapters(model).empty();
+  for (auto& [s, tuner] : plan) s.slot->add_adapter(adapter, tuner);
+  if (first)
+    for (const auto& s : tunable_slots(model)) s.slot->set_active_adapters({adapter});
+  mark_only_adapters_trainable(model);
+}
+}  // namespace detail
+
+/// Attaches a freshly initialized adapter named `adapter` to every slot the config targets. The first
+/// adapter of a model becomes active; later ones are added inactive (as PEFT's add_adapter does) until
+/// set_adapter(). Afterwards only active adapters (and modules_to_save) are trainable.
+inline AttachResult attach(ModelRef model, const AdapterConfig& config, const std::string& adapter = "default") {
+  std::shared_ptr<AdapterConfig> cfg = config.clone();
+  auto plan = detail::plan_tuners(model, cfg, adapter);
+  AttachResult r{adapter, {}, {}};
+  for (const auto& [s, t] : plan) r.targeted.push_back(s.name);
+  for (const auto& [n, m] : detail::resolve_modules_to_save(model, cfg->saved_modules())) r.modules_to_save.push_back(n);
+  detail::commit_tuners(model, plan, adapter);
+  return r;
+}
+
+/// Makes the given adapters active (their outputs add up) and the only trainable ones.
+inline void set_adapter(ModelRef model, const std::vector<std::string>& names) {
+  const auto known = adapter_names(model);
+  for (const auto& n : names)
+    if (std::find(known.begin(), known.end(), n) == known.end())
+      throw StateError("no adapter named '" + n + "' in the model (adapters: " + detail::join(known) + ")");
+  for (const auto& s : tunable_slots(model)) s.slot->set_active_adapters(names);
+  mark_only_adapters_trainable(model);
+}
+inline void set_adapter(ModelRef model, const std::string& name) {
+  set_adapter(model, std::vector<std::string>{name});
+}
+
+/// Removes an adapter from every slot (it must not be merged).
+inline void delete_adapter(ModelRef model, const std::string& name) {
+  bool found = false;
+  auto slots = tunable_slots(model);
+  for (const auto& s : slots)
+    if (s.slot->adapter(name) && std::count(s.slot->merged_adapters().begin(), s.slot->merged_adapters().end(), name))
+      throw StateError("adapter '" + name + "' is merged into module '" + s.name + "'; unmerge first");
+  for (const auto& s : slots) {
+    if (s.slot->adapter(name)) {
+      s.slot->delete_adapter(name);
+      found = true;
+    }
+  }
+  if (!found) throw StateError("no adapter named '" + name + "' in the model");
+  for (const auto& s : slots) {
+    auto active = s.slot->active_adapters();
+    active.erase(std::remove(active.begin(), active.end(), name), active.end());
+    s.slot->set_active_adapters(active);
+  }
+  mark_only_adapters_trainable(model);
+}
+
+/// Scoped guard: within its lifetime every slot computes its plain frozen op. Merged adapters are
+/// unmerged on entry and merged back on exit, so the guard always yields the base model's output.
+class DisableAdapters {
+ public:
+  explicit DisableAdapters(ModelRef model) {
+    for (const auto& s : tunable_slots(model)) {
+      saved_.push_back({s.slot, s.slot->adapters_enabled(), s.slot->merged_adapters()});
+      if (!s.slot->merged_adapters().empty()) s.slot->unmerge();
+      s.slot->enable_adapters(false);
+    }
+  }
+  DisableAdapters(const DisableAdapters&) = delete;
+  DisableAdapters& operator=(const DisableAdapters&) = delete;
+  ~DisableAdapters() {
+    for (auto& s : saved_) {
+      s.slot->enable_adapters(s.enabled);
+      if (!s.merged.empty()) s.slot->merge(s.merged, false);
+    }
+  }
+
+ private:
+  struct Saved {
+    TunableSlot* slot;
+    bool enabled;
+    std::vector<std::string> merged;
+  };
+  std::vector<Saved> saved_;
+};
+
+/// Folds adapters (default: the active ones) into the frozen weights of every slot. Checks that all
+/// of them can be merged before changing anything. With `safe`, refuses merges that produce NaN/Inf.
+inline void merge_adapter(ModelRef model, std::vector<std::string> names = {}, bool safe = false) {
+  if (names.empty()) names = active_adapters(model);
+  auto slots = tunable_slots(model);
+  for (const auto& s : slots)
+    for (const auto& n : names)
+      if (auto* t = s.slot->adapter(n); t && !t->mergeable())
+        throw StateError("adapter '" + n + "' (" + t->method() + ") on module '" + s.name + "' cannot be merged");
+  for (const auto& s : slots) {
+    try {
+      s.slot->merge(names, safe);
+    } catch (const StateError& e) {
+      throw StateError("module '" + s.name + "': " + e.message());
+    }
+  }
+}
+
+/// Undoes every merge.
+inline void unmerge_adapter(ModelRef model) {
+  for (const auto& s : tunable_slots(model)) s.slot->unmerge();
+}
+
+/// Merges the active adapters and removes every adapter: the model is a plain model again, with the
+/// adaptation baked into its weights.
+inline void merge_and_unload(ModelRef model, bool safe = false) {
+  merge_adapter(model, {}, safe);
+  for (const auto& s : tunable_slots(model)) {
+    s.slot->forget_merges();  // the merged weights are the new base
+    for (const auto& n : s.slot->adapter_names()) s.slot->delete_adapter(n);
+    s.slot->set_active_adapters({});
+  }
+}
+
+/// Parameter counts, PEFT's way: tied tensors counted once.
+struct ParameterCount {
+  int64_t trainable = 0;
+  int64_t all = 0;
+};
+
+inline ParameterCount count_parameters(ModelRef model) {
+  ParameterCount c;
+  std::unordered_set<const void*> seen;
+  for (const auto& p : model->parameters(true)) {
+    if (!p.defined() || !seen.insert(p.unsafeGetTensorImpl()).second) continue;
+    c.all += p.numel();
+    if (p.requires_grad()) c.trainable += p.numel();
+  }
+  return c;
+}
+
+/// `trainable params: 3,686,400 || all params: 3,089,625,088 || trainable%: 0.1193` (HF's format).
+inline std::string trainable_report(ModelRef model) {
+  const auto c = count_parameters(model);
+  return fmt::format("trainable params: {} || all params: {} || trainable%: {:.4f}", detail::thousands(c.trainable),
+                     detail::thousands(c.all),
+                     c.all ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.all) : 0.0);
+}
+
+}  // namespace peft

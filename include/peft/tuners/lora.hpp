@@ -1,0 +1,479 @@
+#pragma once
+/// \file lora.hpp
+/// LoRA (arXiv 2106.09685): y = base(x) + s * B A dropout(x), s = lora_alpha / r (or / sqrt(r) with
+/// use_rslora). A parallel tuner on Linear, Embedding and Conv2d slots; mergeable (W += s B A).
+///
+///     peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules({"query", "value"}));
+
+#include <peft/core/adapter_config.hpp>
+#include <peft/core/detail/json_fields.hpp>
+#include <peft/core/tuner.hpp>
+#include <peft/core/version.hpp>
+#include <peft/slots/conv2d.hpp>
+#include <peft/slots/embedding.hpp>
+#include <peft/slots/linear.hpp>
+#include <peft/tuners/registry.hpp>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/functional/dropout.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace peft {
+
+/// init_lora_weights: true (kaiming-uniform A, zero B), "gaussian" (A ~ N(0, 1/r), zero B), or false
+/// (both random: the adapter changes the output from the start, for tests).
+struct LoraInit {
+  std::string mode = "true";
+  LoraInit() = default;
+  LoraInit(bool b) : mode(b ? "true" : "false") {}
+  LoraInit(const char* m) : mode(m) {}
+  LoraInit(std::string m) : mode(std::move(m)) {}
+  bool operator==(const LoraInit& o) const { return mode == o.mode; }
+};
+
+/// The scale both the unmerged forward and every merge use.
+inline double lora_scaling(double lora_alpha, int64_t r, bool use_rslora) {
+  return use_rslora ? lora_alpha / std::sqrt(static_cast<double>(r)) : lora_alpha / static_cast<double>(r);
+}
+
+/// PEFT's pattern lookup for rank_pattern / alpha_pattern: the first key that matches the end of the
+/// module name at a dot boundary (as a regex).
+template <class V>
+const V* find_pattern(const std::vector<std::pair<std::string, V>>& patterns, const std::string& name) {
+  for (const auto& [key, value] : patterns) {
+    try {
+      if (std::regex_match(name, std::regex("(.*\\.)?(" + key + ")"))) return &value;
+    } catch (const std::regex_error& e) {
+      throw ConfigError("pattern key '" + key + "' is not a valid regex: " + e.what());
+    }
+  }
+  return nullptr;
+}
+
+using RankPattern = std::vector<std::pair<std::string, int64_t>>;
+using AlphaPattern = std::vector<std::pair<std::string, double>>;
+
+/// LoRA's configuration, with HF PEFT's field names (LoraConfig).
+class LoraConfig : public AdapterConfig {
+ public:
+  LoraConfig() = default;
+
+  TORCH_ARG(int64_t, r) = 8;
+  TORCH_ARG(double, lora_alpha) = 8;
+  TORCH_ARG(double, lora_dropout) = 0.0;
+  TORCH_ARG(TargetModules, target_modules);
+  TORCH_ARG(TargetModules, exclude_modules);
+  /// "none", "all" or "lora_only": which base biases also train (and are saved with the adapter).
+  TORCH_ARG(std::string, bias) = "none";
+  TORCH_ARG(bool, use_rslora) = false;
+  TORCH_ARG(bool, use_dora) = false;
+  TORCH_ARG(bool, fan_in_fan_out) = false;
+  TORCH_ARG(std::vector<std::string>, modules_to_save);
+  /// Per-module rank / alpha overrides, matched in order (see find_pattern).
+  TORCH_ARG(RankPattern, rank_pattern);
+  TORCH_ARG(AlphaPattern, alpha_pattern);
+  TORCH_ARG(LoraInit, init_lora_weights);
+  TORCH_ARG(std::vector<int64_t>, layers_to_transform);
+  TORCH_ARG(std::vector<std::string>, layers_pattern);
+  TORCH_ARG(std::string, task_type);
+  TORCH_ARG(std::string, base_model_name_or_path);
+  TORCH_ARG(std::string, revision);
+  TORCH_ARG(bool, inference_mode) = false;
+
+ public:
+  std::string peft_type() const override { return "LORA"; }
+  TargetRules target_rules() const override {
+    return {target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_};
+  }
+  std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+  std::string bias_mode() const override { return bias_; }
+
+  /// Rank and alpha for one module after rank_pattern / alpha_pattern.
+  std::pair<int64_t, double> rank_alpha(const std::string& module_name) const {
+    const int64_t* r = find_pattern(rank_pattern_, module_name);
+    const double* a = find_pattern(alpha_pattern_, module_name);
+    return {r ? *r : r_, a ? *a : lora_alpha_};
+  }
+  double scaling(const std::string& module_name) const {
+    auto [r, a] = rank_alpha(module_name);
+    return lora_scaling(a, r, use_rslora_);
+  }
+
+  void validate() const override {
+    auto fail = [](const std::string& m) { throw ConfigError("LoraConfig: " + m); };
+    if (r_ <= 0) fail("r must be positive, received " + std::to_string(r_));
+    for (const auto& [k, v] : rank_pattern_)
+      if (v <= 0) fail("rank_pattern['" + k + "'] must be positive, received " + std::to_string(v));
+    if (!(lora_dropout_ >= 0.0 && lora_dropout_ < 1.0))
+      fail("lora_dropout must be in [0, 1), received " + std::to_string(lora_dropout_));
+    if (bias_ != "none" && bias_ != "all" && bias_ != "lora_only")
+      fail("bias must be \"none\", \"all\" or \"lora_only\", received \"" + bias_ + "\"");
+    if (!(init_lora_weights_.mode == "true" || init_lora_weights_.mode == "false" ||
+          init_lora_weights_.mode == "gaussian"))
+      fail("init_lora_weights must be true, false or \"gaussian\", received \"" + init_lora_weights_.mode + "\"");
+    if (target_modules_.empty()) fail("target_modules is empty: name the modules to adapt");
+  }
+
+  bool targets(const TunableSlot& slot, const std::string& name) const override {
+    return AdapterConfig::targets(slot, name);
+  }
+
+  std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
+                                                const std::shared_ptr<const AdapterConfig>& self) const override;
+
+  nlohmann::ordered_json to_json() const override {
+    nlohmann::ordered_json j;
+    nlohmann::ordered_json ranks = nlohmann::ordered_json::object(), alphas = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : rank_pattern_) ranks[k] = v;
+    for (const auto& [k, v] : alpha_pattern_) alphas[k] = v;
+    j["peft_type"] = "LORA";
+    j["auto_mapping"] = nullptr;
+    j["base_model_name_or_path"] = detail::null_if_empty(base_model_name_or_path_);
+    j["revision"] = detail::null_if_empty(revision_);
+    j["task_type"] = detail::null_if_empty(task_type_);
+    j["inference_mode"] = inference_mode_;
+    j["r"] = r_;
+    j["target_modules"] = target_modules_.to_json();
+    j["exclude_modules"] = exclude_modules_.to_json();
+    j["lora_alpha"] = lora_alpha_ == std::floor(lora_alpha_) ? nlohmann::ordered_json(static_cast<int64_t>(lora_alpha_))
+                                                             : nlohmann::ordered_json(lora_alpha_);
+    j["lora_dropout"] = lora_dropout_;
+    j["fan_in_fan_out"] = fan_in_fan_out_;
+    j["bias"] = bias_;
+    j["use_rslora"] = use_rslora_;
+    j["modules_to_save"] = detail::null_if_empty(modules_to_save_);
+    if (init_lora_weights_.mode == "true" || init_lora_weights_.mode == "false")
+      j["init_lora_weights"] = init_lora_weights_.mode == "true";
+    else
+      j["init_lora_weights"] = init_lora_weights_.mode;
+    j["layers_to_transform"] = detail::null_if_empty(layers_to_transform_);
+    j["layers_pattern"] = detail::null_if_empty(layers_pattern_);
+    j["rank_pattern"] = ranks;
+    j["alpha_pattern"] = alphas;
+    j["use_dora"] = use_dora_;
+    j["peft_version"] = hf_peft_format_version;
+    return j;
+  }
+
+  /// Reads adapter_config.json as PEFT writes it: unknown keys ignored, missing ones defaulted.
+  static LoraConfig from_json(const nlohmann::ordered_json& j, const std::string& source) {
+    using detail::read_field;
+    LoraConfig c;
+    read_field(j, "r", c.r_, source);
+    read_field(j, "lora_alpha", c.lora_alpha_, source);
+    read_field(j, "lora_dropout", c.lora_dropout_, source);
+    if (j.contains("target_modules")) c.target_modules_ = TargetModules::from_json(j["target_modules"], "target_modules");
+    if (j.contains("exclude_modules")) c.exclude_modules_ = TargetModules::from_json(j["exclude_modules"], "exclude_modules");
+    read_field(j, "bias", c.bias_, source);
+    read_field(j, "use_rslora", c.use_rslora_, source);
+    read_field(j, "use_dora", c.use_dora_, source);
+    read_field(j, "fan_in_fan_out", c.fan_in_fan_out_, source);
+    c.modules_to_save_ = detail::read_string_list(j, "modules_to_save", source);
+    auto read_patterns = [&](const char* key, auto& out) {
+      auto it = j.find(key);
+      if (it == j.end() || it->is_null()) return;
+      if (!it->is_object()) throw ConfigError("'" + source + "': field '" + key + "' must be an object");
+      for (auto e = it->begin(); e != it->end(); ++e) {
+        if (!e.value().is_number())
+          throw ConfigError("'" + source + "': " + key + "['" + e.key() + "'] must be a number, received " + e.value().dump());
+        out.emplace_back(e.key(), e.value().get<typename std::decay_t<decltype(out)>::value_type::second_type>());
+      }
+    };
+    read_patterns("rank_pattern", c.rank_pattern_);
+    read_patterns("alpha_pattern", c.alpha_pattern_);
+    if (auto it = j.find("init_lora_weights"); it != j.end() && !it->is_null()) {
+      if (it->is_boolean()) c.init_lora_weights_ = LoraInit(it->get<bool>());
+      else if (it->is_string()) c.init_lora_weights_ = LoraInit(it->get<std::string>());
+      else throw ConfigError("'" + source + "': field 'init_lora_weights' has the wrong type (received " + it->dump() + ")");
+    }
+    c.layers_to_transform_ = detail::read_int_list(j, "layers_to_transform", source);
+    c.layers_pattern_ = detail::read_string_list(j, "layers_pattern", source);
+    read_field(j, "task_type", c.task_type_, source);
+    read_field(j, "base_model_name_or_path", c.base_model_name_or_path_, source);
+    read_field(j, "revision", c.revision_, source);
+    read_field(j, "inference_mode", c.inference_mode_, source);
+    // Features of PEFT's LoRA we do not implement must not load silently as something else.
+    if (auto it = j.find("lora_bias"); it != j.end() && it->is_boolean() && it->get<bool>())
+      throw ConfigError("'" + source + "': lora_bias=true is not supported");
+    if (auto it = j.find("layer_replication"); it != j.end() && !it->is_null())
+      throw ConfigError("'" + source + "': layer_replication is not supported");
+    if (auto it = j.find("target_parameters"); it != j.end() && it->is_array() && !it->empty())
+      throw ConfigError("'" + source + "': target_parameters is not supported");
+    return c;
+  }
+
+  bool frozen() const override { return inference_mode_; }
+  void set_frozen(bool f) override { inference_mode_ = f; }
+  std::shared_ptr<AdapterConfig> clone() const override { return std::make_shared<LoraConfig>(*this); }
+};
+
+/// PEFT's init for a LoRA pair whose A has fan-in layout: A kaiming-uniform (or N(0, 1/r) for
+/// "gaussian"), B zero (or kaiming-uniform too for init false, so the adapter is active from the start).
+inline void init_lora_pair(at::Tensor& A, at::Tensor& B, const std::string& init, int64_t r) {
+  torch::NoGradGuard g;
+  if (init == "gaussian") torch::nn::init::normal_(A, 0.0, 1.0 / static_cast<double>(r));
+  else torch::nn::init::kaiming_uniform_(A, std::sqrt(5.0));
+  if (init == "false") torch::nn::init::kaiming_uniform_(B, std::sqrt(5.0));
+  else B.zero_();
+}
+
+/// What every LoRA tuner shares: rank, scaling, dropout, config.
+struct LoraSpec {
+  int64_t r = 8;
+  double alpha = 8;
+  double scaling = 1;
+  double dropout = 0;
+  std::string init = "true";
+  std::shared_ptr<const AdapterConfig> config;
+};
+
+/// LoRA on a Linear slot: A [r, in], B [out, r].
+class LoraLinearImpl : public torch::nn::Cloneable<LoraLinearImpl>, public Tuner {
+ public:
+  LoraLinearImpl(int64_t in_features, int64_t out_features, LoraSpec spec)
+      : in_features(in_features), out_features(out_features), spec(std::move(spec)) {
+    reset();
+  }
+  int64_t in_features, out_features;
+  LoraSpec spec;
+  at::Tensor lora_A, lora_B;
+
+  void reset() override {
+    lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, in_features}));
+    lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
+    reset_parameters();
+  }
+  void reset_parameters() { init_lora_pair(lora_A, lora_B, spec.init, spec.r); }
+
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "lora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+
+  /// y + s * B A dropout(x): two GEMMs, the second fused with the scale and the add (addmm); the
+  /// input is viewed, not copied, and dropout is skipped entirely at p = 0 or in eval mode.
+  at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override {
+    at::Tensor in = x;
+    if (spec.dropout > 0 && is_training()) in = torch::nn::functional::dropout(x, torch::nn::functional::DropoutFuncOptions().p(spec.dropout).training(true));
+    const auto a = at::matmul(in, lora_A.t());
+    const auto lead = y.sizes();
+    auto out = at::addmm(y.reshape({-1, out_features}), a.reshape({-1, spec.r}), lora_B.t(), 1, spec.scaling);
+    return out.view(lead);
+  }
+  WeightSet delta(const WeightSet&) const override {
+    return {at::mm(lora_B, lora_A).mul_(spec.scaling), {}};
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::LoraLinear(in_features=" << in_features << ", out_features=" << out_features << ", r=" << spec.r
+      << ", alpha=" << spec.alpha << ", scaling=" << spec.scaling << ", dropout=" << spec.dropout << ")";
+  }
+};
+TORCH_MODULE(LoraLinear);
+
+/// LoRA on an Embedding slot: A [r, num_embeddings], B [dim, r] (PEFT's lora_embedding_A/B).
+class LoraEmbeddingImpl : public torch::nn::Cloneable<LoraEmbeddingImpl>, public Tuner {
+ public:
+  LoraEmbeddingImpl(const EmbeddingOptions& options, LoraSpec spec) : options(options), spec(std::move(spec)) { reset(); }
+  EmbeddingOptions options;
+  LoraSpec spec;
+  at::Tensor lora_embedding_A, lora_embedding_B;
+
+  void reset() override {
+    lora_embedding_A = detail::register_keep_grad(*this, "lora_embedding_A", lora_embedding_A,
+                                                  at::empty({spec.r, options.num_embeddings()}));
+    lora_embedding_B = detail::register_keep_grad(*this, "lora_embedding_B", lora_embedding_B,
+                                                  at::empty({options.embedding_dim(), spec.r}));
+    torch::NoGradGuard g;
+    if (spec.init == "false") torch::nn::init::normal_(lora_embedding_A);
+    else lora_embedding_A.zero_();
+    torch::nn::init::normal_(lora_embedding_B);
+  }
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "lora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+
+  at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override {
+    // Dropout does not apply to indices (as in PEFT).
+    const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
+    auto a = at::embedding(lora_embedding_A.t(), x, pad);
+    auto out = at::addmm(y.reshape({-1, options.embedding_dim()}), a.reshape({-1, spec.r}), lora_embedding_B.t(), 1,
+                         spec.scaling);
+    return out.view(y.sizes());
+  }
+  WeightSet delta(const WeightSet&) const override {
+    return {at::mm(lora_embedding_B, lora_embedding_A).t().mul(spec.scaling), {}};
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_embedding_A", lora_embedding_A}, {"lora_embedding_B", lora_embedding_B}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::LoraEmbedding(num_embeddings=" << options.num_embeddings() << ", embedding_dim=" << options.embedding_dim()
+      << ", r=" << spec.r << ", alpha=" << spec.alpha << ")";
+  }
+};
+TORCH_MODULE(LoraEmbedding);
+
+/// LoRA on a Conv2d slot: A is a conv [r, in, kh, kw] with the base's stride/padding/dilation, B a
+/// 1x1 conv [out, r, 1, 1] (PEFT's layout).
+class LoraConv2dImpl : public torch::nn::Cloneable<LoraConv2dImpl>, public Tuner {
+ public:
+  LoraConv2dImpl(const Conv2dOptions& options, LoraSpec spec) : options(options), spec(std::move(spec)) { reset(); }
+  Conv2dOptions options;
+  LoraSpec spec;
+  at::Tensor lora_A, lora_B;
+
+  void reset() override {
+    auto k = options.kernel_size();
+    lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, options.in_channels(), k->at(0), k->at(1)}));
+    lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({options.out_channels(), spec.r, 1, 1}));
+    init_lora_pair(lora_A, lora_B, spec.init, spec.r);
+  }
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "lora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+
+  at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override {
+    namespace F = torch::nn::functional;
+    at::Tensor in = x;
+    if (spec.dropout > 0 && is_training()) in = F::dropout(x, F::DropoutFuncOptions().p(spec.dropout).training(true));
+    auto a = F::conv2d(in, lora_A, F::Conv2dFuncOptions().stride(options.stride()).padding(options.padding()).dilation(options.dilation()));
+    return at::add(y, F::conv2d(a, lora_B), spec.scaling);
+  }
+  WeightSet delta(const WeightSet&) const override {
+    // Composition of the two convolutions as one kernel.
+    auto d = torch::nn::functional::conv2d(lora_A.permute({1, 0, 2, 3}), lora_B).permute({1, 0, 2, 3});
+    return {d.mul(spec.scaling).contiguous(), {}};
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::LoraConv2d(" << options.in_channels() << ", " << options.out_channels() << ", r=" << spec.r
+      << ", alpha=" << spec.alpha << ")";
+  }
+};
+TORCH_MODULE(LoraConv2d);
+
+/// DoRA (arXiv 2402.09353) on a Linear slot: LoRA plus a magnitude vector m [out] over the
+/// row-normalized adapted weight, W' = (m / ||W + s B A||) (W + s B A), the norm detached from the graph.
+/// Computed as Hugging Face PEFT does, without forming W' for the input:
+///     y = base(x) + (g - 1) * (x_d Wᵀ) + g * s * (x_d Aᵀ Bᵀ),   g = m / ||W + s B A||,  x_d = dropout(x).
+class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner {
+ public:
+  /// `weight`: the frozen W, used once to initialize m = ||W|| (B = 0 at init).
+  DoraLinearImpl(const at::Tensor& weight, LoraSpec spec)
+      : in_features(weight.size(1)), out_features(weight.size(0)), spec(std::move(spec)) {
+    reset();
+    // m = ||W|| is computed where W lives (a model may already be on the GPU when DoRA is attached).
+    this->to(weight.device());
+    torch::NoGradGuard g;
+    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_A.dtype())));
+  }
+  int64_t in_features, out_features;
+  LoraSpec spec;
+  at::Tensor lora_A, lora_B, lora_magnitude_vector;
+
+  void reset() override {
+    lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, in_features}));
+    lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
+    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
+                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
+                                                                                       : at::ones({out_features}));
+    init_lora_pair(lora_A, lora_B, spec.init, spec.r);
+  }
+
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "dora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
+  torch::nn::Module& as_module() override { return *this; }
+  bool mergeable() const override { return true; }
+
+  /// ||W + s B A|| per output row, detached.
+  at::Tensor weight_norm(const at::Tensor& w) const {
+    torch::NoGradGuard g;
+    return (w + at::mm(lora_B, lora_A) * spec.scaling).norm(2, {1});
+  }
+  at::Tensor parallel(const at::Tensor&, const at::Tensor&) override {
+    throw StateError("DoRA needs the frozen weight: the slot calls parallel_with()");
+  }
+  at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) override {
+    at::Tensor xd = x;
+    if (spec.dropout > 0 && is_training())
+      xd = torch::nn::functional::dropout(x, torch::nn::functional::DropoutFuncOptions().p(spec.dropout).training(true));
+    const auto w = base.weight.to(lora_A.scalar_type());
+    const auto g = lora_magnitude_vector / weight_norm(w);
+    const auto lora = at::matmul(at::matmul(xd, lora_A.t()), lora_B.t()) * spec.scaling;
+    return y + (g - 1) * at::matmul(xd, w.t()) + g * lora;
+  }
+  WeightSet delta(const WeightSet& base) const override {
+    const auto w = base.weight.to(lora_A.scalar_type());
+    const auto adapted = w + at::mm(lora_B, lora_A) * spec.scaling;
+    return {(lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted - w, {}};
+  }
+  void merge(WeightSet& base) const override {
+    merged_norm_ = weight_norm(base.weight.to(lora_A.scalar_type()));
+    Tuner::merge(base);
+  }
+  void unmerge(WeightSet& base) const override {
+    if (!merged_norm_.defined()) throw StateError("DoRA: unmerge without a merge");
+    const auto g = (lora_magnitude_vector / merged_norm_).unsqueeze(1);
+    const auto w = base.weight.to(lora_A.scalar_type()) / g - at::mm(lora_B, lora_A) * spec.scaling;
+    base.weight.copy_(w.to(base.weight.scalar_type()));
+    merged_norm_ = at::Tensor();
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}, {"lora_magnitude_vector", lora_magnitude_vector}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::DoraLinear(in_features=" << in_features << ", out_features=" << out_features << ", r=" << spec.r
+      << ", alpha=" << spec.alpha << ", scaling=" << spec.scaling << ")";
+  }
+
+ private:
+  mutable at::Tensor merged_norm_;  // ||W + sBA|| at merge time, to undo it exactly
+};
+TORCH_MODULE(DoraLinear);
+
+inline std::shared_ptr<torch::nn::Module> LoraConfig::make_tuner(TunableSlot& slot, const std::string& name,
+                                                                 const std::shared_ptr<const AdapterConfig>& self) const {
+  auto [r, alpha] = rank_alpha(name);
+  if (r <= 0) throw ConfigError("LoraConfig: rank for module '" + name + "' must be positive, received " + std::to_string(r));
+  LoraSpec spec{r, alpha, lora_scaling(alpha, r, use_rslora_), lora_dropout_, init_lora_weights_.mode, self};
+  auto& m = slot.as_module();
+  if (use_dora_) {
+    if (!dynamic_cast<LinearImpl*>(&m))
+      throw MatchError("DoRA (use_dora) cannot adapt module '" + name + "' of kind " + slot.op_kind() + " (expected Linear)");
+    return std::make_shared<DoraLinearImpl>(slot.base_weights().weight, spec);
+  }
+  if (auto* lin = dynamic_cast<LinearImpl*>(&m))
+    return std::make_shared<LoraLinearImpl>(lin->options.in_features(), lin->options.out_features(), spec);
+  if (auto* emb = dynamic_cast<EmbeddingImpl*>(&m)) return std::make_shared<LoraEmbeddingImpl>(emb->options, spec);
+  if (auto* conv = dynamic_cast<Conv2dImpl*>(&m)) {
+    if (conv->options.groups() != 1)
+      throw MatchError("LoRA on Conv2d '" + name + "': groups=" + std::to_string(conv->options.groups()) + " is not supported (expected 1)");
+    if (!detail::holds<torch::enumtype::kZeros>(conv->options.padding_mode()))
+      throw MatchError("LoRA on Conv2d '" + name + "': only padding_mode zeros is supported");
+    return std::make_shared<LoraConv2dImpl>(conv->options, spec);
+  }
+  throw MatchError("LoRA cannot adapt module '" + name + "' of kind " + slot.op_kind() +
+                   " (expected Linear, Embedding or Conv2d)");
+}
+
+PEFT_REGISTER_METHOD(lora, LoraConfig, "LORA", "LoRA")
+
+}  // namespace peft

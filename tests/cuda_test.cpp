@@ -1,0 +1,270 @@
+// CUDA variants of the core tests, each checked against the same computation on the CPU: LoRA math and
+// merge, every model of the zoo forward and backward in fp32 and bf16, and every method attached to a
+// model that already lives on the GPU (train step, merge, save there and load on the CPU).
+// Where no CUDA device is present every case here prints PEFT_SKIPPED, which CTest counts as skipped.
+
+#include "support/method_battery.hpp"
+
+using namespace peft_test;
+namespace M = peft::models;
+
+namespace {
+
+bool cuda_or_skip() {
+  if (torch::cuda::is_available()) return true;
+  WARN("PEFT_SKIPPED: no CUDA device, this test needs one");
+  return false;
+}
+
+const torch::Device kCuda(torch::kCUDA);
+
+/// ‖a − b‖ / ‖b‖ in double on the CPU.
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto x = a.detach().to(torch::kCPU, torch::kDouble), y = b.detach().to(torch::kCPU, torch::kDouble);
+  return ((x - y).norm() / y.norm().clamp_min(1e-30)).item<double>();
+}
+
+/// Gradients of the trainable parameters, in registration order, with their names (order, not names,
+/// pairs a clone with its original: torch::nn::Sequential's clone renames its children "0", "1", ...).
+std::vector<std::pair<std::string, torch::Tensor>> trainable_grads(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, torch::Tensor>> g;
+  for (const auto& p : m.named_parameters())
+    if (p.value().requires_grad()) {
+      INFO(p.key());
+      REQUIRE(p.value().grad().defined());
+      g.emplace_back(p.key(), p.value().grad().detach().to(torch::kCPU, torch::kFloat));
+    }
+  return g;
+}
+
+/// The same parameters train in both, and their gradients agree to `tol` (relative).
+void check_same_grads(const std::vector<std::pair<std::string, torch::Tensor>>& got,
+                      const std::vector<std::pair<std::string, torch::Tensor>>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    INFO(want[i].first << " / " << got[i].first);
+    CHECK(got[i].second.sizes() == want[i].second.sizes());
+    CHECK(torch::isfinite(got[i].second).all().item<bool>());
+    CHECK(rel_err(got[i].second, want[i].second) < tol);
+  }
+}
+
+template <class Ptr>
+Ptr clone_to(const Ptr& m, torch::Device dev, torch::Dtype dtype = torch::kFloat) {
+  auto c = std::dynamic_pointer_cast<typename Ptr::element_type>(m->clone());
+  c->to(dev, dtype);
+  return c;
+}
+
+/// One model of the zoo with LoRA on its attention, and its forward on an input for the device.
+struct ZooCase {
+  std::string name;
+  std::shared_ptr<torch::nn::Module> cpu;
+  std::function<torch::Tensor(torch::nn::Module&, torch::Device)> forward;
+};
+
+std::vector<ZooCase> zoo() {
+  std::vector<ZooCase> z;
+  torch::manual_seed(31);
+  auto px = torch::randn({2, 1, 28, 28});
+  auto vit = std::make_shared<M::ViTForImageClassificationImpl>(tiny_vit());
+  peft::attach(*vit, peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"}).init_lora_weights(false));
+  z.push_back({"ViT", vit, [px](torch::nn::Module& m, torch::Device d) {
+                 return dynamic_cast<M::ViTForImageClassificationImpl&>(m).forward(px.to(d));
+               }});
+  auto ids = torch::randint(3, 200, {2, 9});
+  auto mask = torch::ones({2, 9}, torch::kLong);
+  mask[1].slice(0, 6).zero_();
+  auto bert = std::make_shared<M::BertForSequenceClassificationImpl>(tiny_bert());
+  peft::attach(*bert, peft::LoraConfig().r(4).lora_alpha(8).target_modules("all-linear").init_lora_weights(false));
+  z.push_back({"BERT", bert, [ids, mask](torch::nn::Module& m, torch::Device d) {
+                 return dynamic_cast<M::BertForSequenceClassificationImpl&>(m).forward(ids.to(d), mask.to(d));
+               }});
+  auto lids = torch::randint(3, 100, {2, 7});
+  auto lmask = torch::ones({2, 7}, torch::kLong);
+  lmask[0].slice(0, 0, 2).zero_();  // left padding
+  auto llama = std::make_shared<M::LlamaForCausalLMImpl>(tiny_llama());
+  peft::attach(*llama, peft::LoraConfig().r(4).lora_alpha(8).target_modules({"q_proj", "v_proj", "down_proj"}).init_lora_weights(false));
+  // The logits of the real tokens: what a padding position computes is unspecified (HF's too), and the
+  // CPU and GPU attention kernels fill fully masked rows differently.
+  z.push_back({"LLaMA", llama, [lids, lmask](torch::nn::Module& m, torch::Device d) {
+                 auto logits = dynamic_cast<M::LlamaForCausalLMImpl&>(m).forward(lids.to(d), lmask.to(d));
+                 return logits.index({lmask.to(d).to(torch::kBool)});
+               }});
+  return z;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA: LoRA on a Linear computes what it computes on the CPU, forward and backward", "[cuda][lora]") {
+  if (!cuda_or_skip()) return;
+  torch::manual_seed(30);
+  torch::nn::Sequential cpu;
+  cpu->push_back("fc", peft::Linear(64, 48));
+  peft::attach(cpu, peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc"}).init_lora_weights(false));
+  auto gpu = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(cpu->clone());
+  gpu->to(kCuda);
+  auto x = torch::randn({4, 10, 64});
+  auto xc = x.clone().requires_grad_(true), xg = x.to(kCuda).requires_grad_(true);
+  auto probe = torch::randn({4, 10, 48});
+  auto yc = cpu->forward(xc), yg = gpu->forward(xg);
+  CHECK(yg.device().is_cuda());
+  CHECK(rel_err(yg, yc) < 1e-5);
+  (yc * probe).sum().backward();
+  (yg * probe.to(kCuda)).sum().backward();
+  CHECK(rel_err(xg.grad(), xc.grad()) < 1e-5);
+  auto gc = trainable_grads(*cpu);
+  REQUIRE(gc.size() == 2);  // lora_A and lora_B; the frozen weight gets none
+  check_same_grads(trainable_grads(*gpu), gc, 1e-5);
+  // bf16 on the GPU: bf16 rounding only.
+  gpu->to(torch::kBFloat16);
+  auto y16 = gpu->forward(x.to(kCuda, torch::kBFloat16));
+  CHECK(y16.scalar_type() == torch::kBFloat16);
+  CHECK(rel_err(y16, yc) < 2e-2);
+}
+
+TEST_CASE("CUDA: merging and unmerging on the GPU", "[cuda][merge]") {
+  if (!cuda_or_skip()) return;
+  for (const auto& cfg : std::vector<std::shared_ptr<peft::AdapterConfig>>{
+           std::make_shared<peft::LoraConfig>(peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"}).init_lora_weights(false)),
+           std::make_shared<peft::LoraConfig>(peft::LoraConfig().r(4).lora_alpha(8).use_dora(true).target_modules({"query", "value"})),
+           std::make_shared<peft::LoraConfig>(peft::LoraConfig().r(4).use_rslora(true).target_modules({"projection"}).init_lora_weights(false)),
+           std::make_shared<peft::IA3Config>(peft::IA3Config().target_modules({"key", "value"})),
+           std::make_shared<peft::BitFitConfig>(),
+           std::make_shared<peft::RLRRConfig>()}) {
+    INFO(cfg->to_json().dump());
+    auto vit = make_vit();
+    vit->to(kCuda);
+    peft::attach(*vit, *cfg);
+    randomize_adapters(*vit);
+    torch::NoGradGuard g;
+    auto px = torch::randn({2, 1, 28, 28}, kCuda);
+    auto out = vit->forward(px);
+    std::vector<torch::Tensor> before;
+    for (auto& p : vit->parameters()) before.push_back(p.clone());
+    peft::merge_adapter(*vit);
+    CHECK(rel_err(vit->forward(px), out) < 1e-5);
+    peft::unmerge_adapter(*vit);
+    auto after = vit->parameters();
+    for (std::size_t i = 0; i < before.size(); ++i) CHECK(rel_err(after[i], before[i]) < 1e-6);
+    peft::merge_and_unload(*vit);
+    CHECK(peft::tunable_slots(*vit).front().slot->adapter_names().empty());
+    CHECK(rel_err(vit->forward(px), out) < 1e-5);
+  }
+}
+
+TEST_CASE("CUDA: every model of the zoo, forward and backward, fp32 and bf16", "[cuda][models]") {
+  if (!cuda_or_skip()) return;
+  for (auto& z : zoo()) {
+    INFO(z.name);
+    auto& cpu = *z.cpu;
+    cpu.train(false);
+    auto gpu = z.cpu->clone();
+    gpu->to(kCuda);
+    // fp32: the same numbers as the CPU, forward and the adapters' gradients.
+    auto yc = z.forward(cpu, torch::kCPU), yg = z.forward(*gpu, kCuda);
+    REQUIRE(yg.device().is_cuda());
+    CHECK(rel_err(yg, yc) < 1e-4);
+    cpu.zero_grad(), gpu->zero_grad();
+    auto probe = torch::randn_like(yc);
+    (yc * probe).sum().backward();
+    (yg * probe.to(kCuda)).sum().backward();
+    auto gc = trainable_grads(cpu);
+    REQUIRE(!gc.empty());
+    check_same_grads(trainable_grads(*gpu), gc, 1e-3);
+    for (const auto& p : gpu->named_parameters()) {
+      INFO(p.key());
+      CHECK(p.value().grad().defined() == p.value().requires_grad());  // frozen means frozen, on the GPU too
+    }
+    // bf16: the whole model in bf16 on the GPU, within bf16 rounding of the fp32 result; finite gradients.
+    auto g16 = z.cpu->clone();
+    g16->to(kCuda, torch::kBFloat16);
+    auto y16 = z.forward(*g16, kCuda);
+    CHECK(y16.scalar_type() == torch::kBFloat16);
+    CHECK(rel_err(y16, yc) < 5e-2);
+    (y16.to(torch::kFloat) * probe.to(kCuda)).sum().backward();
+    check_same_grads(trainable_grads(*g16), gc, 1e-1);
+  }
+}
+
+TEST_CASE("CUDA: every method attaches to a model on the GPU, trains, and saves for the CPU", "[cuda][methods]") {
+  if (!cuda_or_skip()) return;
+  auto lora = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"});
+  std::vector<std::pair<std::string, std::shared_ptr<peft::AdapterConfig>>> methods = {
+      {"lora", std::make_shared<peft::LoraConfig>(lora)},
+      {"dora", std::make_shared<peft::LoraConfig>(peft::LoraConfig(lora).use_dora(true))},
+      {"ia3", std::make_shared<peft::IA3Config>(peft::IA3Config().target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
+                                                    .feedforward_modules(".*layer\\.\\d+\\.output\\.dense"))},
+      {"bitfit", std::make_shared<peft::BitFitConfig>()},
+      {"rlrr", std::make_shared<peft::RLRRConfig>(peft::RLRRConfig().modules_to_save({"classifier"}))},
+      {"houlsby", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().bottleneck_size(4))},
+      {"parallel adapter", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().variant("parallel").bottleneck_size(4))},
+      {"prompt", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).modules_to_save({"classifier"}))},
+      {"vpt-deep", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).deep(true).prompt_tuning_init("XAVIER"))},
+      {"prefix", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3))},
+      {"prefix (projection)", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3).prefix_projection(true).encoder_hidden_size(8))},
+      {"pasta", std::make_shared<peft::PastaConfig>(peft::PastaConfig().num_special_tokens(1))},
+      {"capaboost lora", peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7).clone()},
+      {"capaboost adapter", peft::CapaBoostConfig(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4)).num_copies(2).clone()},
+  };
+  for (const auto& [name, cfg] : methods) {
+    INFO(name);
+    auto vit = make_vit();
+    vit->to(kCuda);
+    peft::attach(*vit, *cfg);  // tuners are made on the GPU, where the model is
+    for (const auto& p : vit->named_parameters()) {
+      INFO(p.key());
+      CHECK(p.value().device().is_cuda());
+    }
+    randomize_adapters(*vit);
+    auto px = torch::randn({2, 1, 28, 28});
+    // A few AdamW steps on the GPU: the loss goes down, only trainables get gradients.
+    vit->train();
+    auto opt = peft::train::make_adamw(vit, 1e-2, 0.0);
+    auto labels = torch::tensor({3, 7}, torch::kLong).to(kCuda);
+    double first = 0, last = 0;
+    for (int step = 0; step < 5; ++step) {
+      opt.zero_grad();
+      auto loss = torch::nn::functional::cross_entropy(vit->forward(px.to(kCuda)), labels);
+      loss.backward();
+      opt.step();
+      (step == 0 ? first : last) = loss.item<double>();
+    }
+    CHECK(last < first);
+    for (const auto& p : vit->named_parameters()) {
+      INFO(p.key());
+      CHECK(p.value().grad().defined() == p.value().requires_grad());
+    }
+    vit->eval();
+    torch::NoGradGuard g;
+    auto out = vit->forward(px.to(kCuda));
+    // Saved from the GPU, loaded on the CPU: the same outputs.
+    TempDir dir;
+    peft::save_adapter(*vit, dir.path());
+    auto cpu = make_vit();
+    peft::load_adapter(*cpu, dir.path());
+    CHECK(rel_err(out, cpu->forward(px)) < 1e-4);
+    // And back onto a GPU model.
+    auto gpu2 = make_vit();
+    gpu2->to(kCuda);
+    peft::load_adapter(*gpu2, dir.path());
+    CHECK(rel_err(gpu2->forward(px.to(kCuda)), out) < 1e-6);
+  }
+}
+
+TEST_CASE("CUDA: LLaMA generation with LoRA and with prefixes matches the CPU", "[cuda][generate]") {
+  if (!cuda_or_skip()) return;
+  torch::manual_seed(33);
+  M::LlamaForCausalLM lm(tiny_llama());
+  lm->eval();
+  peft::attach(lm, peft::LoraConfig().r(4).target_modules({"q_proj", "v_proj"}).init_lora_weights(false));
+  peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(3), "prefix");
+  peft::set_adapter(lm, std::vector<std::string>{"default", "prefix"});
+  auto gpu = std::dynamic_pointer_cast<M::LlamaForCausalLMImpl>(lm->clone());
+  gpu->to(kCuda);
+  torch::NoGradGuard g;
+  auto ids = torch::randint(3, 100, {2, 5});
+  auto o = M::GenerationOptions().max_new_tokens(6);
+  CHECK(torch::equal(M::generate(*gpu, ids.to(kCuda), o).cpu(), M::generate(*lm, ids, o)));
+  CHECK(rel_err(gpu->forward(ids.to(kCuda)), lm->forward(ids)) < 1e-4);
+}
