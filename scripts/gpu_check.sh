@@ -4,6 +4,7 @@
 # (default: build-gpu/out).
 #
 #   scripts/gpu_check.sh test      the whole CTest suite, CUDA cases included
+#   scripts/gpu_check.sh unit      the test binary's cases only (quicker: no consumers, fuzzer, examples)
 #   scripts/gpu_check.sh bench     method_bench on CUDA: bert-base fp32 and bf16, llama-1b bf16
 #   scripts/gpu_check.sh compare   benchmarks/compare_hf_peft.py --device cuda --dtype bfloat16, batch 1/8/32
 #
@@ -60,9 +61,19 @@ case "$phase" in
     stamp build
     cmake --build "$build" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
     stamp ctest
-    (cd "$build" && ctest --output-on-failure -j 4 --timeout 900) > "$out/ctest.log" 2>&1
+    (cd "$build" && ctest --output-on-failure -j 8 --timeout 900) > "$out/ctest.log" 2>&1
     rc=$?
     grep -E 'tests passed|tests failed|Skipped|Failed|\*\*\*' "$out/ctest.log" | tail -40
+    stamp done
+    [ $rc -eq 0 ] || exit $rc ;;
+  unit)
+    # The test binary's cases only (CUDA ones included): no consumer builds, fuzzer, examples or benchmarks.
+    stamp build
+    cmake --build "$build" -j "$(nproc)" --target peft_tests > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
+    stamp ctest
+    (cd "$build" && ctest --output-on-failure -j 8 --timeout 600 -E 'consumer|fuzz|example|benchmark') > "$out/ctest.log" 2>&1
+    rc=$?
+    grep -E 'tests passed|tests failed|Skipped|Failed|\*\*\*|Total Test' "$out/ctest.log" | tail -40
     stamp done
     [ $rc -eq 0 ] || exit $rc ;;
   bench)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 what=${1:-}
 case "$what" in example|test) ;; *) echo "usage: $0 example|test" >&2; exit 2 ;; esac
 
-packages=(cmake make g++ libtorch-dev libopenblas0-openmp catch2 nlohmann-json3-dev libgloo-dev libcli11-dev
+packages=(cmake make g++ libtorch-dev libopenblas0-openmp catch2 nlohmann-json3-dev libfmt-dev libgloo-dev libcli11-dev
           zlib1g-dev dataset-fashion-mnist clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do

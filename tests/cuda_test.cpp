@@ -146,7 +146,9 @@ TEST_CASE("CUDA: merging and unmerging on the GPU", "[cuda][merge]") {
     CHECK(rel_err(vit->forward(px), out) < 1e-5);
     peft::unmerge_adapter(*vit);
     auto after = vit->parameters();
-    for (std::size_t i = 0; i < before.size(); ++i) CHECK(rel_err(after[i], before[i]) < 1e-6);
+    // The CPU battery's bound (method_battery.hpp): DoRA's unmerge divides by the merged norm, so it
+    // restores W to fp32 rounding, not bit for bit (seen on the H100: 1.6e-6).
+    for (std::size_t i = 0; i < before.size(); ++i) CHECK(rel_err(after[i], before[i]) < 1e-5);
     peft::merge_and_unload(*vit);
     CHECK(peft::tunable_slots(*vit).front().slot->adapter_names().empty());
     CHECK(rel_err(vit->forward(px), out) < 1e-5);
@@ -189,24 +191,7 @@ TEST_CASE("CUDA: every model of the zoo, forward and backward, fp32 and bf16", "
 
 TEST_CASE("CUDA: every method attaches to a model on the GPU, trains, and saves for the CPU", "[cuda][methods]") {
   if (!cuda_or_skip()) return;
-  auto lora = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"});
-  std::vector<std::pair<std::string, std::shared_ptr<peft::AdapterConfig>>> methods = {
-      {"lora", std::make_shared<peft::LoraConfig>(lora)},
-      {"dora", std::make_shared<peft::LoraConfig>(peft::LoraConfig(lora).use_dora(true))},
-      {"ia3", std::make_shared<peft::IA3Config>(peft::IA3Config().target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
-                                                    .feedforward_modules(".*layer\\.\\d+\\.output\\.dense"))},
-      {"bitfit", std::make_shared<peft::BitFitConfig>()},
-      {"rlrr", std::make_shared<peft::RLRRConfig>(peft::RLRRConfig().modules_to_save({"classifier"}))},
-      {"houlsby", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().bottleneck_size(4))},
-      {"parallel adapter", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().variant("parallel").bottleneck_size(4))},
-      {"prompt", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).modules_to_save({"classifier"}))},
-      {"vpt-deep", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).deep(true).prompt_tuning_init("XAVIER"))},
-      {"prefix", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3))},
-      {"prefix (projection)", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3).prefix_projection(true).encoder_hidden_size(8))},
-      {"pasta", std::make_shared<peft::PastaConfig>(peft::PastaConfig().num_special_tokens(1))},
-      {"capaboost lora", peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7).clone()},
-      {"capaboost adapter", peft::CapaBoostConfig(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4)).num_copies(2).clone()},
-  };
+  const auto methods = every_method_on_vit();
   for (const auto& [name, cfg] : methods) {
     INFO(name);
     auto vit = make_vit();

@@ -127,3 +127,27 @@ TEST_CASE("tuners of different kinds work together on one model", "[methods][mix
   peft::set_adapter(*fresh, "lora");
   CHECK_FALSE(torch::allclose(fresh->forward(px), all));
 }
+
+TEST_CASE("every method's tuners follow the dtype and device of a model converted before attach", "[methods][dtype]") {
+  // The CPU twin of cuda_test.cpp's "every method attaches to a model on the GPU": there, bottleneck
+  // adapters on ViT's parameter-free `mlp` site stayed on the CPU while the model was on CUDA. The same
+  // placement logic decides dtype, so a model in double catches it without a GPU.
+  for (const auto& [name, cfg] : every_method_on_vit()) {
+    INFO(name);
+    auto vit = make_vit();
+    vit->to(torch::kDouble);
+    peft::attach(*vit, *cfg);
+    for (const auto& p : vit->named_parameters()) {
+      INFO(p.key());
+      CHECK(p.value().scalar_type() == torch::kDouble);
+    }
+    for (const auto& b : vit->named_buffers()) {
+      INFO(b.key());
+      CHECK((b.value().scalar_type() == torch::kDouble || !b.value().is_floating_point()));
+    }
+    randomize_adapters(*vit);
+    auto out = vit->forward(torch::randn({2, 1, 28, 28}, torch::kDouble));
+    CHECK(out.scalar_type() == torch::kDouble);
+    out.sum().backward();
+  }
+}

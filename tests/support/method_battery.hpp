@@ -117,4 +117,27 @@ inline void check_method(const peft::AdapterConfig& cfg, const Expect& e) {
 }
 
 
+
+/// One config of every method (and variant) that applies to the tiny ViT, by name.
+inline std::vector<std::pair<std::string, std::shared_ptr<peft::AdapterConfig>>> every_method_on_vit() {
+  auto lora = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"});
+  return {
+      {"lora", std::make_shared<peft::LoraConfig>(lora)},
+      {"dora", std::make_shared<peft::LoraConfig>(peft::LoraConfig(lora).use_dora(true))},
+      {"ia3", std::make_shared<peft::IA3Config>(peft::IA3Config().target_modules(".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense")
+                                                    .feedforward_modules(".*layer\\.\\d+\\.output\\.dense"))},
+      {"bitfit", std::make_shared<peft::BitFitConfig>()},
+      {"rlrr", std::make_shared<peft::RLRRConfig>(peft::RLRRConfig().modules_to_save({"classifier"}))},
+      {"houlsby", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().bottleneck_size(4))},
+      {"parallel adapter", std::make_shared<peft::BottleneckConfig>(peft::BottleneckConfig().variant("parallel").bottleneck_size(4))},
+      {"prompt", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).modules_to_save({"classifier"}))},
+      {"vpt-deep", std::make_shared<peft::PromptTuningConfig>(peft::PromptTuningConfig().num_virtual_tokens(4).deep(true).prompt_tuning_init("XAVIER"))},
+      {"prefix", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3))},
+      {"prefix (projection)", std::make_shared<peft::PrefixTuningConfig>(peft::PrefixTuningConfig().num_virtual_tokens(3).prefix_projection(true).encoder_hidden_size(8))},
+      {"pasta", std::make_shared<peft::PastaConfig>(peft::PastaConfig().num_special_tokens(1))},
+      {"capaboost lora", peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7).clone()},
+      {"capaboost adapter", peft::CapaBoostConfig(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4)).num_copies(2).clone()},
+  };
+}
+
 }  // namespace peft_test

@@ -194,11 +194,24 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
   std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan;
   for (const auto& s : chosen) {
     auto tuner = config->make_tuner(*s.slot, s.name, shared);
-    // New tuners follow the device and dtype of the op they adapt (a composite op: its first parameter).
+    // New tuners follow the device and dtype of the op they adapt: its weight, a composite op's first
+    // parameter, or for a parameter-free site (ViT's and BERT's `mlp`, around sibling modules) the first
+    // parameter of the nearest enclosing module that has one. (Found on the GPU: bottleneck adapters on
+    // a ViT already moved to CUDA stayed on the CPU.)
     auto w = s.slot->base_weights().weight;
     if (!w.defined()) {
       auto ps = s.slot->as_module().parameters(true);
       if (!ps.empty()) w = ps.front();
+    }
+    for (std::string path = s.name; !w.defined() && !path.empty();) {
+      const auto dot = path.rfind('.');
+      path = dot == std::string::npos ? std::string() : path.substr(0, dot);
+      torch::nn::Module* enclosing = path.empty() ? &*model : nullptr;
+      if (!enclosing)
+        for (const auto& m : model->named_modules())
+          if (m.key() == path) enclosing = m.value().get();
+      if (enclosing)
+        if (auto ps = enclosing->parameters(true); !ps.empty()) w = ps.front();
     }
     if (w.defined()) tuner->to(w.device(), w.scalar_type());
     plan.emplace_back(s, std::move(tuner));
