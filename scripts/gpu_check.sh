@@ -57,21 +57,14 @@ gpu_tag=${gpu_tag:-gpu}
 
 for phase in "${phases[@]}"; do
 case "$phase" in
-  test)
+  test | unit)
+    # unit: the test binary's cases only (CUDA ones included), no consumer builds, fuzzer, examples or benchmarks.
+    target=(); exclude=()
+    [ "$phase" = unit ] && target=(--target peft_tests) && exclude=(-E 'consumer|fuzz|example|benchmark')
     stamp build
-    cmake --build "$build" -j "$(nproc)" > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
+    cmake --build "$build" -j "$(nproc)" "${target[@]}" > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
     stamp ctest
-    (cd "$build" && ctest --output-on-failure -j 8 --timeout 900) > "$out/ctest.log" 2>&1
-    rc=$?
-    grep -E 'tests passed|tests failed|Skipped|Failed|\*\*\*' "$out/ctest.log" | tail -40
-    stamp done
-    [ $rc -eq 0 ] || exit $rc ;;
-  unit)
-    # The test binary's cases only (CUDA ones included): no consumer builds, fuzzer, examples or benchmarks.
-    stamp build
-    cmake --build "$build" -j "$(nproc)" --target peft_tests > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
-    stamp ctest
-    (cd "$build" && ctest --output-on-failure -j 8 --timeout 600 -E 'consumer|fuzz|example|benchmark') > "$out/ctest.log" 2>&1
+    (cd "$build" && ctest --output-on-failure -j 8 --timeout 900 "${exclude[@]}") > "$out/ctest.log" 2>&1
     rc=$?
     grep -E 'tests passed|tests failed|Skipped|Failed|\*\*\*|Total Test' "$out/ctest.log" | tail -40
     stamp done
