@@ -6,20 +6,9 @@ if(NOT TARGET torch)
   find_package(Torch REQUIRED)
 endif()
 find_package(nlohmann_json 3.9 REQUIRED)
-if(NOT TARGET fmt::fmt-header-only)
-  find_package(fmt QUIET)
-endif()
-if(NOT TARGET fmt::fmt-header-only)
-  # No fmt package: use the headers LibTorch 2.x ships (torch/include/fmt).
-  get_target_property(_peft_torch_inc torch INTERFACE_INCLUDE_DIRECTORIES)
-  find_path(PEFT_FMT_INCLUDE_DIR fmt/format.h HINTS ${_peft_torch_inc} ${TORCH_INCLUDE_DIRS})
-  if(NOT PEFT_FMT_INCLUDE_DIR)
-    message(FATAL_ERROR "peft needs fmt's headers: install libfmt-dev (Debian) or use a LibTorch that ships them")
-  endif()
-  add_library(peft_fmt_headers INTERFACE IMPORTED)
-  set_target_properties(peft_fmt_headers PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${PEFT_FMT_INCLUDE_DIR}"
-                        INTERFACE_COMPILE_DEFINITIONS FMT_HEADER_ONLY=1)
-  add_library(fmt::fmt-header-only ALIAS peft_fmt_headers)
+include(${CMAKE_CURRENT_LIST_DIR}/PeftFmt.cmake)
+if(PEFT_FMT_ERROR)
+  message(FATAL_ERROR "${PEFT_FMT_ERROR}")
 endif()
 
 # Under add_subdirectory(), targets imported here would be visible only in this directory, but the
