@@ -54,7 +54,20 @@ TEST_CASE("DoRA: magnitude over the normalized adapted weight, HF keys, merge ru
   auto adapted = q->weight + 2.0 * torch::mm(t->lora_B, t->lora_A);
   auto wprime = (t->lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted;
   CHECK_THAT(q(x), AllClose(torch::nn::functional::linear(x, wprime, q->bias), 1e-5, 1e-5));
-  CHECK_THROWS_AS(peft::attach(*vit, peft::LoraConfig().use_dora(true).target_modules({"projection"}), "conv"), peft::MatchError);
+  // On Conv2d (as PEFT): per output channel, W' = m (W + s ΔW) / ||W + s ΔW|| over (in, kh, kw).
+  auto& proj = vit->vit->embeddings->patch_embeddings->projection;
+  peft::attach(*vit, peft::LoraConfig().r(2).lora_alpha(4).use_dora(true).target_modules({"projection"}), "conv");
+  peft::set_adapter(*vit, "conv");
+  auto* c = dynamic_cast<peft::DoraConv2dImpl*>(proj->adapter("conv"));
+  REQUIRE(c);
+  CHECK_THAT(c->lora_magnitude_vector.flatten(), AllClose(proj->weight.flatten(1).norm(2, {1}), 1e-6, 1e-6));
+  c->lora_B.normal_(), c->lora_magnitude_vector.uniform_(0.5, 2.0);
+  auto px = torch::randn({2, proj->options.in_channels(), 14, 14});
+  auto delta = torch::mm(c->lora_B.flatten(1), c->lora_A.flatten(1)).view(proj->weight.sizes()) * 2.0;
+  auto adapted_k = proj->weight + delta;
+  auto kprime = c->lora_magnitude_vector.view({-1, 1, 1, 1}) / adapted_k.flatten(1).norm(2, {1}).view({-1, 1, 1, 1}) * adapted_k;
+  auto want = torch::conv2d(px, kprime, proj->bias, proj->options.stride());
+  CHECK_THAT(proj(px), AllClose(want, 1e-5, 1e-5));
 }
 
 TEST_CASE("RLRR + SSF: residual rescaling on every Linear, scale/shift after norms and the patch embedding", "[methods][rlrr]") {

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,11 @@ class AdapterConfig {
   virtual std::vector<std::string> saved_modules() const { return {}; }
   /// Which base biases train in full and are saved with the adapter: "none", "all" or "<method>_only".
   virtual std::string bias_mode() const { return "none"; }
+  /// PEFT's task_type ("SEQ_CLS", "CAUSAL_LM", ...), or empty.
+  virtual std::string task() const { return {}; }
+  /// Appends entries to modules_to_save that are not there yet (attach() adds a classification task's
+  /// heads, as PEFT does). Configs without modules_to_save ignore it.
+  virtual void add_saved_modules(const std::vector<std::string>& names) { (void)names; }
 
   /// Whether `slot` (named `name`) is targeted. Default: the target rules, where "all-linear" means
   /// every Linear slot except an output layer called lm_head. Methods may widen or narrow this.
@@ -71,21 +77,28 @@ class AdapterConfig {
 
 namespace detail {
 
+inline void append_new(std::vector<std::string>& list, const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (std::find(list.begin(), list.end(), n) == list.end()) list.push_back(n);
+}
+
 /// Writes peft_type, the header and the targeting fields every config has, with PEFT's names (the
 /// caller appends its own fields, then CommonConfigFields::stamp()).
 inline void write_common_fields(ojson& j, const std::string& peft_type, const std::string& base_model_name_or_path,
                                 const std::string& task_type, bool inference_mode, const TargetModules& target_modules,
                                 const TargetModules& exclude_modules, const std::vector<int64_t>& layers_to_transform,
                                 const std::vector<std::string>& layers_pattern,
-                                const std::vector<std::string>& modules_to_save) {
+                                const std::vector<std::string>& modules_to_save, bool layer_fields = true) {
   j["peft_type"] = peft_type;
   j["base_model_name_or_path"] = null_if_empty(base_model_name_or_path);
   j["task_type"] = null_if_empty(task_type);
   j["inference_mode"] = inference_mode;
   j["target_modules"] = target_modules.to_json();
-  j["exclude_modules"] = exclude_modules.to_json();
-  j["layers_to_transform"] = null_if_empty(layers_to_transform);
-  j["layers_pattern"] = null_if_empty(layers_pattern);
+  // PEFT before 0.14 rejects unknown keys (exclude_modules came in 0.14): written only when set.
+  if (!exclude_modules.empty()) j["exclude_modules"] = exclude_modules.to_json();
+  // Some PEFT configs (IA3's) have no layers_to_transform / layers_pattern: then they go only when set.
+  if (layer_fields || !layers_to_transform.empty()) j["layers_to_transform"] = null_if_empty(layers_to_transform);
+  if (layer_fields || !layers_pattern.empty()) j["layers_pattern"] = null_if_empty(layers_pattern);
   j["modules_to_save"] = null_if_empty(modules_to_save);
 }
 
@@ -143,6 +156,8 @@ class LayerTunerConfig : public AdapterConfig {
     return {target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_};
   }
   std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+  std::string task() const override { return task_type_; }
+  void add_saved_modules(const std::vector<std::string>& names) override { detail::append_new(modules_to_save_, names); }
   bool frozen() const override { return inference_mode_; }
   void set_frozen(bool f) override { inference_mode_ = f; }
   std::shared_ptr<AdapterConfig> clone() const override {
@@ -151,12 +166,13 @@ class LayerTunerConfig : public AdapterConfig {
 
  protected:
   /// peft_type, the header, the targeting fields and modules_to_save, PEFT's names and order.
-  void write_common(detail::ojson& j) const {
+  void write_common(detail::ojson& j, bool layer_fields = true) const {
     detail::write_common_fields(j, this->peft_type(), base_model_name_or_path_, task_type_, inference_mode_,
                                 target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_,
-                                modules_to_save_);
+                                modules_to_save_, layer_fields);
   }
-  /// The version stamp that ends every config.
+  /// The version stamp that ends the configs of methods PEFT does not have (PEFT's own methods go
+  /// without it: PEFT before 0.14 refuses a config with keys it does not know).
   static void stamp(detail::ojson& j) { detail::CommonConfigFields::stamp(j); }
   void read_common(const detail::ojson& j, const std::string& source) {
     detail::CommonConfigFields{base_model_name_or_path_, task_type_, inference_mode_, target_modules_,

@@ -89,8 +89,10 @@ inline std::vector<std::string> active_adapters(ModelRef model) {
 namespace detail {
 
 /// Modules a modules_to_save entry names, PEFT's way (exact name or dot-boundary suffix).
+/// With `strict` false, entries that match nothing are skipped, as PEFT does (its SEQ_CLS configs list
+/// both "classifier" and "score"); attach() is strict unless at least one entry matches.
 inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> resolve_modules_to_save(
-    ModelRef model, const std::vector<std::string>& entries) {
+    ModelRef model, const std::vector<std::string>& entries, bool strict = false) {
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
   for (const auto& entry : entries) {
     bool found = false;
@@ -100,7 +102,7 @@ inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> r
       out.emplace_back(item.key(), item.value());
       found = true;
     }
-    if (!found) throw MatchError("modules_to_save entry '" + entry + "' matches no module of the model");
+    if (!found && strict) throw MatchError("modules_to_save entry '" + entry + "' matches no module of the model");
   }
   return out;
 }
@@ -221,7 +223,9 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
     throw MatchError("target_modules " + rules.target_modules.to_json().dump() + " of adapter '" + adapter +
                      "' matched no tunable module; available: " + sample_names(slots));
   }
-  resolve_modules_to_save(model, config->saved_modules());  // validates the entries
+  // Validates the entries: a config whose modules_to_save match nothing at all is a mistake.
+  if (const auto saved = config->saved_modules(); !saved.empty() && resolve_modules_to_save(model, saved).empty())
+    resolve_modules_to_save(model, saved, /*strict=*/true);
   return plan;
 }
 
@@ -229,7 +233,12 @@ inline void commit_tuners(ModelRef model,
                           std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>>& plan,
                           const std::string& adapter) {
   const bool first = active_adapters(model).empty();
-  for (auto& [s, tuner] : plan) s.slot->add_adapter(adapter, tuner);
+  // New tuners take the mode of the module they join (a fresh module is in training mode): a tuner
+  // attached to a model in eval mode must not run dropout.
+  for (auto& [s, tuner] : plan) {
+    tuner->train(s.slot->as_module().is_training());
+    s.slot->add_adapter(adapter, tuner);
+  }
   if (first)
     for (const auto& s : tunable_slots(model)) s.slot->set_active_adapters({adapter});
   mark_only_adapters_trainable(model);
@@ -238,9 +247,16 @@ inline void commit_tuners(ModelRef model,
 
 /// Attaches a freshly initialized adapter named `adapter` to every slot the config targets. The first
 /// adapter of a model becomes active; later ones are added inactive (as PEFT's add_adapter does) until
-/// set_adapter(). Afterwards only active adapters (and modules_to_save) are trainable.
+/// set_adapter(). Afterwards only active adapters (and modules_to_save) are trainable. With task_type
+/// SEQ_CLS or TOKEN_CLS, the head (`classifier` / `score`) joins modules_to_save, as in PEFT.
 inline AttachResult attach(ModelRef model, const AdapterConfig& config, const std::string& adapter = "default") {
   std::shared_ptr<AdapterConfig> cfg = config.clone();
+  // As PEFT's PeftModelForSequenceClassification / ForTokenClassification: the task's head (named
+  // `classifier` or `score`) trains in full and is saved with the adapter.
+  // PEFT lists both names; a model with neither keeps its modules_to_save as they are.
+  if (const auto task = cfg->task(); (task == "SEQ_CLS" || task == "TOKEN_CLS") &&
+                                     !detail::resolve_modules_to_save(model, {"classifier", "score"}).empty())
+    cfg->add_saved_modules({"classifier", "score"});
   auto plan = detail::plan_tuners(model, cfg, adapter);
   AttachResult r{adapter, {}, {}};
   for (const auto& [s, t] : plan) r.targeted.push_back(s.name);

@@ -50,6 +50,23 @@ inline std::shared_ptr<AdapterConfig> read_adapter_config(const std::filesystem:
 
 namespace detail {
 
+/// PEFT's save_embedding_layers="auto": an adapter whose target_modules name an embedding layer
+/// (`embed_tokens` or `lm_head`: an entry of the list, or inside the regex) also saves those layers'
+/// base weights, as `<module>.base_layer.weight`.
+inline bool saves_embedding_layers(const AdapterConfig& cfg) {
+  const auto t = cfg.target_rules().target_modules;
+  for (const char* name : {"embed_tokens", "lm_head"}) {
+    if (t.is_list() && std::find(t.list().begin(), t.list().end(), name) != t.list().end()) return true;
+    if (t.is_regex() && !t.is_all_linear() && t.regex().find(name) != std::string::npos) return true;
+  }
+  return false;
+}
+
+/// Whether a targeted slot is an embedding layer in PEFT's sense (the input embedding or lm_head).
+inline bool is_embedding_layer(const NamedSlot& s) {
+  return std::string(s.slot->op_kind()) == "Embedding" || last_component(s.name) == "lm_head";
+}
+
 /// The adapter's tensors as they go to the file: key -> tensor.
 inline torch::OrderedDict<std::string, at::Tensor> adapter_state(ModelRef model, const std::string& adapter,
                                                                  const AdapterConfig& cfg) {
@@ -64,6 +81,10 @@ inline torch::OrderedDict<std::string, at::Tensor> adapter_state(ModelRef model,
       }
   if (!parts.empty()) out.insert(joined, parts.size() == 1 ? parts.front() : at::cat(parts, cfg.joined_dim()));
   for (const auto& [k, p] : extra_trainables(model, cfg, adapter)) out.insert(prefix + k, p);
+  if (joined.empty() && saves_embedding_layers(cfg))
+    for (const auto& s : tunable_slots(model))
+      if (s.slot->adapter(adapter) && is_embedding_layer(s) && !out.contains(prefix + s.name + ".base_layer.weight"))
+        out.insert(prefix + s.name + ".base_layer.weight", s.slot->base_weights().weight);
   return out;
 }
 
@@ -95,12 +116,24 @@ inline void save_adapter(ModelRef model, const std::filesystem::path& dir,
     auto state = detail::adapter_state(model, name, *cfg);
     save_safetensors((out / kAdapterWeightsFile).string(), state, {{"format", "pt"}});
     auto j = cfg->to_json();
+    // As PEFT: a saved adapter is an inference adapter (load_adapter's `trainable` decides), and
+    // "all-linear" is written as the module paths it matched.
+    if (j.contains("inference_mode")) j["inference_mode"] = true;
+    if (auto it = j.find("target_modules"); it != j.end() && it->is_string() && it->get<std::string>() == "all-linear") {
+      auto names = nlohmann::ordered_json::array();
+      for (const auto& s : tunable_slots(model))
+        if (s.slot->adapter(name)) names.push_back(s.name);
+      *it = names;
+    }
     detail::atomic_write(out / kAdapterConfigFile, [&](detail::FileSink& sink) { sink.write(j.dump(2) + "\n"); });
   }
 }
 
 /// Loads the adapter in `dir` (as PEFT writes it) under `adapter`. With `trainable` false (PEFT's
-/// default), the adapter is frozen (inference_mode). The first adapter of a model becomes active.
+/// default), the adapter is frozen (inference_mode) and its tuners are in eval mode (no dropout);
+/// trainable, they follow the model's mode. The first adapter of a model becomes active. A file that
+/// also holds `<module>.base_layer.weight` for a targeted module (PEFT's save_embedding_layers)
+/// replaces that module's base weight, as in PEFT.
 inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& dir,
                                  const std::string& adapter = "default", bool trainable = false) {
   auto cfg = read_adapter_config(dir);
@@ -131,6 +164,13 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
       else expected.push_back({prefix + (s.name.empty() ? suffix : s.name + "." + suffix), {Dest{t, s.name}}});
     }
   for (const auto& [k, p] : detail::extra_trainables(model, *cfg, adapter)) expected.push_back({prefix + k, {Dest{p, k}}});
+  // Optional: base weights of targeted modules (PEFT saves embedding layers' this way).
+  if (joined.empty())
+    for (const auto& [s, tuner] : plan) {
+      const auto key = prefix + s.name + ".base_layer.weight";
+      if (file.contains(key) && s.slot->base_weights().weight.defined())
+        expected.push_back({key, {Dest{s.slot->base_weights().weight, s.name}}});
+    }
   // "<method>_only" biases belong to the slots that get the adapter, which are not attached yet.
   if (cfg->bias_mode() != "none" && cfg->bias_mode() != "all")
     for (const auto& [s, tuner] : plan)
@@ -194,6 +234,8 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
   for (const auto& [s, t] : plan) r.targeted.push_back(s.name);
   for (const auto& [n, m] : detail::resolve_modules_to_save(model, cfg->saved_modules())) r.modules_to_save.push_back(n);
   detail::commit_tuners(model, plan, adapter);
+  if (!trainable)
+    for (auto& [s, tuner] : plan) tuner->eval();
   return r;
 }
 

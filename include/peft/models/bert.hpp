@@ -253,7 +253,9 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
                         const at::Tensor& token_type_ids = {}) {
     check_ids(input_ids, attention_mask, token_type_ids);
     BatchScope scope({{keys::attention_mask, attention_mask}, {keys::input_ids, input_ids}});
-    auto x = embeddings->forward(input_ids, token_type_ids);
+    // Prefix tuning: positions start after the prefixes, as in PEFT (which passes them as a cache).
+    const int64_t shift = encoder->layer->size() ? nn::active_prefix_length(*encoder->layer->ptr<BertLayerImpl>(0)->attention) : 0;
+    auto x = embeddings->forward(input_ids, token_type_ids, shift);
     nn::AttentionInputs in;
     in.mask = nn::make_attention_mask(detail::extend_mask_front(attention_mask, x.size(1)), x.size(1), 0, false, x);
     x = encoder->forward(x, in);

@@ -88,6 +88,12 @@ struct LlamaConfig {
     c.max_position_embeddings = r.optional<int64_t>("max_position_embeddings", c.max_position_embeddings);
     c.rms_norm_eps = r.optional<double>("rms_norm_eps", c.rms_norm_eps);
     c.rope_theta = r.optional<double>("rope_theta", c.rope_theta);
+    // transformers 5 writes rope_theta (and the scaling) inside rope_parameters.
+    const bool rope_params = j.contains("rope_parameters") && j.at("rope_parameters").is_object();
+    if (rope_params) {
+      detail::ConfigReader s(j.at("rope_parameters"), source + " rope_parameters");
+      c.rope_theta = s.optional<double>("rope_theta", c.rope_theta);
+    }
     c.tie_word_embeddings = r.optional<bool>("tie_word_embeddings", c.tie_word_embeddings);
     c.attention_bias = r.optional<bool>("attention_bias", c.attention_bias);
     c.mlp_bias = r.optional<bool>("mlp_bias", c.mlp_bias);
@@ -100,8 +106,11 @@ struct LlamaConfig {
       else if (e.is_number_integer()) c.eos_token_ids = {e.get<int64_t>()};
       else c.eos_token_ids = r.optional<std::vector<int64_t>>("eos_token_id", {});
     }
-    if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
-      detail::ConfigReader s(j.at("rope_scaling"), source + " rope_scaling");
+    const char* scaling_key = j.contains("rope_scaling") && !j.at("rope_scaling").is_null() ? "rope_scaling"
+                              : rope_params                                                ? "rope_parameters"
+                                                                                           : nullptr;
+    if (scaling_key) {
+      detail::ConfigReader s(j.at(scaling_key), source + " " + scaling_key);
       auto type = s.optional<std::string>("rope_type", s.optional<std::string>("type", ""));
       if (type != "linear" && type != "llama3" && type != "default")
         throw ConfigError("'" + source + "': rope_scaling type '" + type + "' is not supported (linear, llama3, default)");
@@ -202,6 +211,8 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
     // Prompt tuning puts virtual tokens in front of the first step's tokens (as PEFT does): they take
     // positions 0..n-1 and the mask covers them.
     const int64_t steps = x.size(1);
+    // Prefix tuning: the prefixes stand for `shift` earlier tokens (PEFT hands them over as a cache).
+    const int64_t shift = layers->size() ? nn::active_prefix_length(*layers->ptr<nn::TransformerBlockImpl>(0)->self_attn) : 0;
     at::Tensor pos;
     if (!position_ids.defined()) {
       pos = at::arange(past, past + steps, input_ids.options().dtype(at::kLong)).unsqueeze(0);
@@ -212,6 +223,7 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
       auto virt = at::arange(past, past + n, position_ids.options()).unsqueeze(0).expand({position_ids.size(0), n});
       pos = at::cat({virt, position_ids + n}, 1);
     }
+    if (shift) pos = pos + shift;
     nn::AttentionInputs in;
     in.rotary = nn::rotary_tables(pos, config.head_dim, config.rope_theta, x.scalar_type(), config.rope_scaling);
     if (attention_mask.defined())

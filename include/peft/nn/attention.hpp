@@ -71,7 +71,19 @@ class AttentionPrefix {
   virtual ~AttentionPrefix() = default;
   /// Keys and values [batch, H_kv, P, D] in the dtype/device of the attention weights.
   virtual LayerKV prefix(int64_t batch) const = 0;
+  /// P, the number of prefix positions.
+  virtual int64_t prefix_length() const { return prefix(1).k.size(2); }
 };
+
+/// How many prefix positions the active tuners of an attention op add. As in PEFT, where prefixes
+/// reach the model as a past key/value cache, the model's own tokens take positions after them.
+inline int64_t active_prefix_length(const TunableSlot& attention) {
+  if (!attention.adapters_enabled()) return 0;
+  int64_t n = 0;
+  for (const auto& name : attention.active_adapters())
+    if (const auto* p = dynamic_cast<const AttentionPrefix*>(attention.adapter(name))) n += p->prefix_length();
+  return n;
+}
 
 /// Implemented by attention ops, so that tuners can size what they hand to the attention (prefix
 /// tuning: keys and values per key/value head).

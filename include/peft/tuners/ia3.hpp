@@ -46,12 +46,11 @@ class IA3Config : public LayerTunerConfig<IA3Config> {
 
   nlohmann::ordered_json to_json() const override {
     nlohmann::ordered_json j;
-    write_common(j);
+    write_common(j, /*layer_fields=*/false);  // PEFT's IA3Config has no layers_to_transform / layers_pattern
     j["feedforward_modules"] = feedforward_modules_.to_json();
     j["fan_in_fan_out"] = fan_in_fan_out_;
     j["init_ia3_weights"] = init_ia3_weights_;
     j["revision"] = nullptr;
-    stamp(j);
     return j;
   }
   static IA3Config from_json(const nlohmann::ordered_json& j, const std::string& source) {

@@ -93,6 +93,8 @@ class LoraConfig : public AdapterConfig {
     return {target_modules_, exclude_modules_, layers_to_transform_, layers_pattern_};
   }
   std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+  std::string task() const override { return task_type_; }
+  void add_saved_modules(const std::vector<std::string>& names) override { detail::append_new(modules_to_save_, names); }
   std::string bias_mode() const override { return bias_; }
 
   /// Rank and alpha for one module after rank_pattern / alpha_pattern.
@@ -134,14 +136,14 @@ class LoraConfig : public AdapterConfig {
     for (const auto& [k, v] : rank_pattern_) ranks[k] = v;
     for (const auto& [k, v] : alpha_pattern_) alphas[k] = v;
     j["peft_type"] = "LORA";
-    j["auto_mapping"] = nullptr;
     j["base_model_name_or_path"] = detail::null_if_empty(base_model_name_or_path_);
     j["revision"] = detail::null_if_empty(revision_);
     j["task_type"] = detail::null_if_empty(task_type_);
     j["inference_mode"] = inference_mode_;
     j["r"] = r_;
     j["target_modules"] = target_modules_.to_json();
-    j["exclude_modules"] = exclude_modules_.to_json();
+    // PEFT before 0.14 rejects keys it does not know: fields newer PEFT added are written only when set.
+    if (!exclude_modules_.empty()) j["exclude_modules"] = exclude_modules_.to_json();
     j["lora_alpha"] = lora_alpha_ == std::floor(lora_alpha_) ? nlohmann::ordered_json(static_cast<int64_t>(lora_alpha_))
                                                              : nlohmann::ordered_json(lora_alpha_);
     j["lora_dropout"] = lora_dropout_;
@@ -158,7 +160,6 @@ class LoraConfig : public AdapterConfig {
     j["rank_pattern"] = ranks;
     j["alpha_pattern"] = alphas;
     j["use_dora"] = use_dora_;
-    j["peft_version"] = hf_peft_format_version;
     return j;
   }
 
@@ -369,11 +370,40 @@ class LoraConv2dImpl : public torch::nn::Cloneable<LoraConv2dImpl>, public Tuner
 };
 TORCH_MODULE(LoraConv2d);
 
+/// What the DoRA tuners (Linear, Embedding, Conv2d) share: a parallel tuner that needs the frozen
+/// weight (the slot calls parallel_with()), and a merge that remembers ||W + s ΔW|| so that unmerge
+/// undoes it exactly. `Derived` provides dtype(), weight_norm(W) and unmerged(W', norm), and a `spec`.
+template <class Derived>
+class DoraTuner : public Tuner {
+ public:
+  Placement placement() const override { return Placement::parallel; }
+  std::string method() const override { return "dora"; }
+  const std::shared_ptr<const AdapterConfig>& config() const override { return self().spec.config; }
+  torch::nn::Module& as_module() override { return static_cast<Derived&>(*this); }
+  bool mergeable() const override { return true; }
+  at::Tensor parallel(const at::Tensor&, const at::Tensor&) override {
+    throw StateError("DoRA needs the frozen weight: the slot calls parallel_with()");
+  }
+  void merge(WeightSet& base) const override {
+    merged_norm_ = self().weight_norm(base.weight.to(self().dtype()));
+    Tuner::merge(base);
+  }
+  void unmerge(WeightSet& base) const override {
+    if (!merged_norm_.defined()) throw StateError("DoRA: unmerge without a merge");
+    base.weight.copy_(self().unmerged(base.weight.to(self().dtype()), merged_norm_).to(base.weight.scalar_type()));
+    merged_norm_ = at::Tensor();
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+  mutable at::Tensor merged_norm_;  // ||W + s ΔW|| at merge time
+};
+
 /// DoRA (arXiv 2402.09353) on a Linear slot: LoRA plus a magnitude vector m [out] over the
 /// row-normalized adapted weight, W' = (m / ||W + s B A||) (W + s B A), the norm detached from the graph.
 /// Computed as Hugging Face PEFT does, without forming W' for the input:
 ///     y = base(x) + (g - 1) * (x_d Wᵀ) + g * s * (x_d Aᵀ Bᵀ),   g = m / ||W + s B A||,  x_d = dropout(x).
-class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner {
+class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public DoraTuner<DoraLinearImpl> {
  public:
   /// `weight`: the frozen W, used once to initialize m = ||W|| (B = 0 at init).
   DoraLinearImpl(const at::Tensor& weight, LoraSpec spec)
@@ -397,19 +427,12 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner
     init_lora_pair(lora_A, lora_B, spec.init, spec.r);
   }
 
-  Placement placement() const override { return Placement::parallel; }
-  std::string method() const override { return "dora"; }
-  const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
-  torch::nn::Module& as_module() override { return *this; }
-  bool mergeable() const override { return true; }
+  at::ScalarType dtype() const { return lora_A.scalar_type(); }
 
   /// ||W + s B A|| per output row, detached.
   at::Tensor weight_norm(const at::Tensor& w) const {
     torch::NoGradGuard g;
     return (w + at::mm(lora_B, lora_A) * spec.scaling).norm(2, {1});
-  }
-  at::Tensor parallel(const at::Tensor&, const at::Tensor&) override {
-    throw StateError("DoRA needs the frozen weight: the slot calls parallel_with()");
   }
   at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) override {
     at::Tensor xd = x;
@@ -425,16 +448,9 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner
     const auto adapted = w + at::mm(lora_B, lora_A) * spec.scaling;
     return {(lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted - w, {}};
   }
-  void merge(WeightSet& base) const override {
-    merged_norm_ = weight_norm(base.weight.to(lora_A.scalar_type()));
-    Tuner::merge(base);
-  }
-  void unmerge(WeightSet& base) const override {
-    if (!merged_norm_.defined()) throw StateError("DoRA: unmerge without a merge");
-    const auto g = (lora_magnitude_vector / merged_norm_).unsqueeze(1);
-    const auto w = base.weight.to(lora_A.scalar_type()) / g - at::mm(lora_B, lora_A) * spec.scaling;
-    base.weight.copy_(w.to(base.weight.scalar_type()));
-    merged_norm_ = at::Tensor();
+  /// W from the merged W' and the norm at merge time.
+  at::Tensor unmerged(const at::Tensor& merged, const at::Tensor& norm) const {
+    return merged / (lora_magnitude_vector / norm).unsqueeze(1) - at::mm(lora_B, lora_A) * spec.scaling;
   }
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
     return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}, {"lora_magnitude_vector", lora_magnitude_vector}};
@@ -444,10 +460,143 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public Tuner
       << ", alpha=" << spec.alpha << ", scaling=" << spec.scaling << ")";
   }
 
- private:
-  mutable at::Tensor merged_norm_;  // ||W + sBA|| at merge time, to undo it exactly
 };
 TORCH_MODULE(DoraLinear);
+
+/// DoRA on an Embedding slot, as PEFT computes it: the magnitude m [dim] scales each embedding
+/// dimension of the adapted table, W' = (W + s (B A)ᵀ) · diag(m / ||W + s (B A)ᵀ||), the norm taken over
+/// the vocabulary (per column of W) and detached:  y = g ⊙ (embed(x, W) + s · embed(x, Aᵀ) Bᵀ).
+class DoraEmbeddingImpl : public torch::nn::Cloneable<DoraEmbeddingImpl>, public DoraTuner<DoraEmbeddingImpl> {
+ public:
+  DoraEmbeddingImpl(const EmbeddingOptions& options, const at::Tensor& weight, LoraSpec spec)
+      : options(options), spec(std::move(spec)) {
+    reset();
+    this->to(weight.device());
+    torch::NoGradGuard g;
+    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_embedding_A.dtype())));
+  }
+  EmbeddingOptions options;
+  LoraSpec spec;
+  at::Tensor lora_embedding_A, lora_embedding_B, lora_magnitude_vector;
+
+  void reset() override {
+    lora_embedding_A = detail::register_keep_grad(*this, "lora_embedding_A", lora_embedding_A,
+                                                  at::empty({spec.r, options.num_embeddings()}));
+    lora_embedding_B = detail::register_keep_grad(*this, "lora_embedding_B", lora_embedding_B,
+                                                  at::empty({options.embedding_dim(), spec.r}));
+    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
+                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
+                                                                                       : at::ones({options.embedding_dim()}));
+    torch::NoGradGuard g;
+    if (spec.init == "false") torch::nn::init::normal_(lora_embedding_A);
+    else lora_embedding_A.zero_();
+    torch::nn::init::normal_(lora_embedding_B);
+  }
+  at::ScalarType dtype() const { return lora_embedding_A.scalar_type(); }
+
+  /// The adapted table W + s (B A)ᵀ [num_embeddings, dim].
+  at::Tensor adapted(const at::Tensor& w) const { return w + at::mm(lora_embedding_B, lora_embedding_A).t() * spec.scaling; }
+  /// ||W + s (B A)ᵀ|| per embedding dimension [dim], detached.
+  at::Tensor weight_norm(const at::Tensor& w) const {
+    torch::NoGradGuard g;
+    return adapted(w).norm(2, {0});
+  }
+  at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) override {
+    const int64_t pad = options.padding_idx() ? *options.padding_idx() : -1;
+    const auto g = lora_magnitude_vector / weight_norm(base.weight.to(lora_embedding_A.scalar_type()));
+    auto a = at::embedding(lora_embedding_A.t(), x, pad);
+    return (y + at::matmul(a, lora_embedding_B.t()) * spec.scaling) * g;
+  }
+  WeightSet delta(const WeightSet& base) const override {
+    const auto w = base.weight.to(lora_embedding_A.scalar_type());
+    const auto a = adapted(w);
+    return {a * (lora_magnitude_vector / a.norm(2, {0})) - w, {}};
+  }
+  at::Tensor unmerged(const at::Tensor& merged, const at::Tensor& norm) const {
+    return merged / (lora_magnitude_vector / norm) - at::mm(lora_embedding_B, lora_embedding_A).t() * spec.scaling;
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_embedding_A", lora_embedding_A}, {"lora_embedding_B", lora_embedding_B},
+            {"lora_magnitude_vector", lora_magnitude_vector}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::DoraEmbedding(num_embeddings=" << options.num_embeddings() << ", embedding_dim=" << options.embedding_dim()
+      << ", r=" << spec.r << ", alpha=" << spec.alpha << ")";
+  }
+
+};
+TORCH_MODULE(DoraEmbedding);
+
+/// DoRA on a Conv2d slot, as PEFT computes it: the magnitude m [1, out, 1, 1] scales each output
+/// channel's adapted kernel to norm m, W' = g (W + s ΔW), g = m / ||W + s ΔW|| over (in, kh, kw),
+/// detached; ΔW = B A as one kernel.  y = base(x) + (g - 1)(base(x) - b) + g · s · B(A(x)).
+class DoraConv2dImpl : public torch::nn::Cloneable<DoraConv2dImpl>, public DoraTuner<DoraConv2dImpl> {
+ public:
+  DoraConv2dImpl(const Conv2dOptions& options, const at::Tensor& weight, LoraSpec spec)
+      : options(options), spec(std::move(spec)) {
+    reset();
+    this->to(weight.device());
+    torch::NoGradGuard g;
+    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_A.dtype())));
+  }
+  Conv2dOptions options;
+  LoraSpec spec;
+  at::Tensor lora_A, lora_B, lora_magnitude_vector;
+
+  void reset() override {
+    auto k = options.kernel_size();
+    lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, options.in_channels(), k->at(0), k->at(1)}));
+    lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({options.out_channels(), spec.r, 1, 1}));
+    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
+                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
+                                                                                       : at::ones({1, options.out_channels(), 1, 1}));
+    init_lora_pair(lora_A, lora_B, spec.init, spec.r);
+  }
+  at::ScalarType dtype() const { return lora_A.scalar_type(); }
+
+  /// s · B A as a kernel shaped like W.
+  at::Tensor lora_kernel(const at::Tensor& w) const {
+    return at::mm(lora_B.view({lora_B.size(0), spec.r}), lora_A.view({spec.r, -1})).view(w.sizes()) * spec.scaling;
+  }
+  /// ||W + s ΔW|| per output channel, shaped [1, out, 1, 1], detached.
+  at::Tensor weight_norm(const at::Tensor& w) const {
+    torch::NoGradGuard g;
+    return (w + lora_kernel(w)).norm(2, {1, 2, 3}, true).transpose(0, 1);
+  }
+  at::Tensor parallel_with(const at::Tensor& x, const at::Tensor& y, const WeightSet& base) override {
+    namespace F = torch::nn::functional;
+    at::Tensor in = x;
+    if (spec.dropout > 0 && is_training()) in = F::dropout(x, F::DropoutFuncOptions().p(spec.dropout).training(true));
+    const auto g = lora_magnitude_vector / weight_norm(base.weight.to(lora_A.scalar_type()));
+    auto a = F::conv2d(in, lora_A, F::Conv2dFuncOptions().stride(options.stride()).padding(options.padding()).dilation(options.dilation()));
+    auto lora = F::conv2d(a, lora_B) * spec.scaling;
+    // (g - 1) times the bias-free base output; with dropout PEFT recomputes it from the dropped input.
+    at::Tensor plain;
+    if (in.is_same(x)) plain = base.bias.defined() ? y - base.bias.view({1, -1, 1, 1}) : y;
+    else plain = F::conv2d(in, base.weight.to(lora_A.scalar_type()),
+                           F::Conv2dFuncOptions().stride(options.stride()).padding(options.padding()).dilation(options.dilation()));
+    return y + (g - 1) * plain + g * lora;
+  }
+  WeightSet delta(const WeightSet& base) const override {
+    const auto w = base.weight.to(lora_A.scalar_type());
+    const auto adapted = w + lora_kernel(w);
+    const auto g = (lora_magnitude_vector / adapted.norm(2, {1, 2, 3}, true).transpose(0, 1)).transpose(0, 1);
+    return {g * adapted - w, {}};
+  }
+  at::Tensor unmerged(const at::Tensor& merged, const at::Tensor& norm) const {
+    const auto w = merged / (lora_magnitude_vector / norm).transpose(0, 1);
+    return w - lora_kernel(w);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
+    return {{"lora_A.weight", lora_A}, {"lora_B.weight", lora_B}, {"lora_magnitude_vector", lora_magnitude_vector}};
+  }
+  void pretty_print(std::ostream& s) const override {
+    s << "peft::DoraConv2d(" << options.in_channels() << ", " << options.out_channels() << ", r=" << spec.r
+      << ", alpha=" << spec.alpha << ")";
+  }
+
+};
+TORCH_MODULE(DoraConv2d);
 
 inline std::shared_ptr<torch::nn::Module> LoraConfig::make_tuner(TunableSlot& slot, const std::string& name,
                                                                  const std::shared_ptr<const AdapterConfig>& self) const {
@@ -455,19 +604,20 @@ inline std::shared_ptr<torch::nn::Module> LoraConfig::make_tuner(TunableSlot& sl
   if (r <= 0) throw ConfigError("LoraConfig: rank for module '" + name + "' must be positive, received " + std::to_string(r));
   LoraSpec spec{r, alpha, lora_scaling(alpha, r, use_rslora_), lora_dropout_, init_lora_weights_.mode, self};
   auto& m = slot.as_module();
-  if (use_dora_) {
-    if (!dynamic_cast<LinearImpl*>(&m))
-      throw MatchError("DoRA (use_dora) cannot adapt module '" + name + "' of kind " + slot.op_kind() + " (expected Linear)");
-    return std::make_shared<DoraLinearImpl>(slot.base_weights().weight, spec);
-  }
-  if (auto* lin = dynamic_cast<LinearImpl*>(&m))
+  if (auto* lin = dynamic_cast<LinearImpl*>(&m)) {
+    if (use_dora_) return std::make_shared<DoraLinearImpl>(slot.base_weights().weight, spec);
     return std::make_shared<LoraLinearImpl>(lin->options.in_features(), lin->options.out_features(), spec);
-  if (auto* emb = dynamic_cast<EmbeddingImpl*>(&m)) return std::make_shared<LoraEmbeddingImpl>(emb->options, spec);
+  }
+  if (auto* emb = dynamic_cast<EmbeddingImpl*>(&m)) {
+    if (use_dora_) return std::make_shared<DoraEmbeddingImpl>(emb->options, slot.base_weights().weight, spec);
+    return std::make_shared<LoraEmbeddingImpl>(emb->options, spec);
+  }
   if (auto* conv = dynamic_cast<Conv2dImpl*>(&m)) {
     if (conv->options.groups() != 1)
       throw MatchError("LoRA on Conv2d '" + name + "': groups=" + std::to_string(conv->options.groups()) + " is not supported (expected 1)");
     if (!detail::holds<torch::enumtype::kZeros>(conv->options.padding_mode()))
       throw MatchError("LoRA on Conv2d '" + name + "': only padding_mode zeros is supported");
+    if (use_dora_) return std::make_shared<DoraConv2dImpl>(conv->options, slot.base_weights().weight, spec);
     return std::make_shared<LoraConv2dImpl>(conv->options, spec);
   }
   throw MatchError("LoRA cannot adapt module '" + name + "' of kind " + slot.op_kind() +

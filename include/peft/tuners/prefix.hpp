@@ -159,6 +159,7 @@ class PrefixTuningImpl : public torch::nn::Cloneable<PrefixTuningImpl>, public T
   Placement placement() const override { return Placement::parallel; }
   bool inside_op() const override { return true; }
   std::string method() const override { return "prefix_tuning"; }
+  int64_t prefix_length() const override { return n; }
   const std::shared_ptr<const AdapterConfig>& config() const override { return config_; }
   torch::nn::Module& as_module() override { return *this; }
 

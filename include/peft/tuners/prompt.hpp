@@ -122,9 +122,10 @@ class PromptTuningConfig : public PromptLearningConfig<PromptTuningConfig> {
     j["prompt_tuning_init"] = prompt_tuning_init_;
     j["prompt_tuning_init_text"] = detail::null_if_empty(prompt_tuning_init_text_);
     j["tokenizer_name_or_path"] = detail::null_if_empty(tokenizer_name_or_path_);
-    j["init_token_ids"] = detail::null_if_empty(init_token_ids_);
-    j["insert_position"] = insert_position_;
-    write_targets(j);
+    // Ours (PEFT tokenizes prompt_tuning_init_text instead): written only when set.
+    if (!init_token_ids_.empty()) j["init_token_ids"] = init_token_ids_;
+    if (insert_position_ != -1) j["insert_position"] = insert_position_;
+    write_targets(j, /*stamp=*/deep_);
     return j;
   }
   static PromptTuningConfig from_json(const nlohmann::ordered_json& j, const std::string& source) {

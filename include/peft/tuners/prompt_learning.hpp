@@ -39,6 +39,8 @@ class PromptLearningConfig : public AdapterConfig {
  public:
   TargetRules target_rules() const override { return {target_modules_, {}, {}, {}}; }
   std::vector<std::string> saved_modules() const override { return modules_to_save_; }
+  std::string task() const override { return task_type_; }
+  void add_saved_modules(const std::vector<std::string>& names) override { detail::append_new(modules_to_save_, names); }
   std::string key_prefix() const override { return "base_model."; }
   std::string joined_key() const override { return "prompt_embeddings"; }
   bool frozen() const override { return inference_mode_; }
@@ -59,12 +61,14 @@ class PromptLearningConfig : public AdapterConfig {
     j["num_transformer_submodules"] = num_transformer_submodules_;
     j["num_attention_heads"] = positive_or_null(num_attention_heads_);
     j["num_layers"] = positive_or_null(num_layers_);
-    j["modules_to_save"] = null_if_empty(modules_to_save_);
+    // PEFT's prompt-learning configs gained modules_to_save after 0.13, which refuses unknown keys.
+    if (!modules_to_save_.empty()) j["modules_to_save"] = modules_to_save_;
   }
-  /// Ours, written after the method's fields (PEFT does not know target_modules for prompt learning).
-  void write_targets(detail::ojson& j) const {
+  /// Ours, written after the method's fields only when set (PEFT does not know target_modules for
+  /// prompt learning). `stamp`: methods PEFT lacks end with our version stamp.
+  void write_targets(detail::ojson& j, bool stamp = false) const {
     if (!target_modules_.empty()) j["target_modules"] = target_modules_.to_json();
-    detail::CommonConfigFields::stamp(j);
+    if (stamp) detail::CommonConfigFields::stamp(j);
   }
   void read_common(const detail::ojson& j, const std::string& source) {
     detail::read_field(j, "base_model_name_or_path", base_model_name_or_path_, source);
