@@ -51,6 +51,15 @@ def model_configs():
                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                 rope_theta=5000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                                 bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+        # Llama 3.1's rope scaling and a head_dim that is not hidden / heads
+        "llama_scaled": (T.LlamaForCausalLM,
+                         T.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                       max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                       rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                                                            low_freq_factor=1.0, high_freq_factor=4.0,
+                                                            original_max_position_embeddings=16),
+                                       bos_token_id=1, eos_token_id=2, pad_token_id=0)),
         "llama_tied": (T.LlamaForCausalLM,
                        T.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
@@ -60,8 +69,9 @@ def model_configs():
 
 
 def make_models():
-    for i, (name, (cls, cfg)) in enumerate(model_configs().items()):
-        torch.manual_seed(100 + i)
+    seeds = {"vit": 100, "bert": 101, "llama": 102, "llama_tied": 103, "llama_scaled": 104}
+    for name, (cls, cfg) in model_configs().items():
+        torch.manual_seed(seeds[name])
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
         # Random norms and biases too (a fresh model has ones and zeros there, which hides mistakes).
@@ -128,6 +138,9 @@ def cases(old):
         "llama_lora_embedding": ("llama", lambda: LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=4,
                                                              target_modules=["embed_tokens", "q_proj"],
                                                              **lora_common), None),
+        "llama_scaled_lora": ("llama_scaled", lambda: LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8,
+                                                                 target_modules=["q_proj", "k_proj", "o_proj"],
+                                                                 **lora_common), None),
         "llama_tied_lora": ("llama_tied", lambda: LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=16,
                                                              target_modules=["q_proj", "o_proj", "gate_proj"],
                                                              **lora_common), None),
@@ -173,7 +186,6 @@ def randomize(model, what):
 
 
 def make_case(out, name, model_name, factory, extra):
-    torch.manual_seed(hash(name) % 1000)
     base = load_model(model_name)
     x = inputs(model_name)
     causal = model_name.startswith("llama")
