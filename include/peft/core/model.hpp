@@ -89,20 +89,15 @@ inline std::vector<std::string> active_adapters(ModelRef model) {
 namespace detail {
 
 /// Modules a modules_to_save entry names, PEFT's way (exact name or dot-boundary suffix).
-/// With `strict` false, entries that match nothing are skipped, as PEFT does (its SEQ_CLS configs list
-/// both "classifier" and "score"); attach() is strict unless at least one entry matches.
+/// Entries that match nothing are skipped, as PEFT does (its SEQ_CLS configs list both "classifier"
+/// and "score"); attach() refuses only a list of which nothing matches.
 inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> resolve_modules_to_save(
-    ModelRef model, const std::vector<std::string>& entries, bool strict = false) {
+    ModelRef model, const std::vector<std::string>& entries) {
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
   for (const auto& entry : entries) {
-    bool found = false;
     TargetModules one({entry});
-    for (const auto& item : model->named_modules("", false)) {
-      if (!one.matches(item.key())) continue;
-      out.emplace_back(item.key(), item.value());
-      found = true;
-    }
-    if (!found && strict) throw MatchError("modules_to_save entry '" + entry + "' matches no module of the model");
+    for (const auto& item : model->named_modules("", false))
+      if (one.matches(item.key())) out.emplace_back(item.key(), item.value());
   }
   return out;
 }
@@ -225,7 +220,7 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
   }
   // Validates the entries: a config whose modules_to_save match nothing at all is a mistake.
   if (const auto saved = config->saved_modules(); !saved.empty() && resolve_modules_to_save(model, saved).empty())
-    resolve_modules_to_save(model, saved, /*strict=*/true);
+    throw MatchError("modules_to_save " + join(saved) + " matches no module of the model");
   return plan;
 }
 

@@ -225,6 +225,22 @@ inline void init_lora_pair(at::Tensor& A, at::Tensor& B, const std::string& init
   else B.zero_();
 }
 
+/// PEFT's init for an embedding pair: A zero (N(0, 1) for init false), B N(0, 1).
+inline void init_lora_embedding_pair(at::Tensor& A, at::Tensor& B, const std::string& init) {
+  torch::NoGradGuard g;
+  if (init == "false") torch::nn::init::normal_(A);
+  else A.zero_();
+  torch::nn::init::normal_(B);
+}
+
+/// The unscaled LoRA branch of a Conv2d: B(A(x)), A with the base's stride, padding and dilation.
+inline at::Tensor lora_conv2d_branch(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
+                                     const torch::nn::Conv2dOptions& o) {
+  namespace F = torch::nn::functional;
+  auto a = F::conv2d(x, A, F::Conv2dFuncOptions().stride(o.stride()).padding(o.padding()).dilation(o.dilation()));
+  return F::conv2d(a, B);
+}
+
 /// What every LoRA tuner shares: rank, scaling, dropout, config.
 struct LoraSpec {
   int64_t r = 8;
@@ -295,10 +311,7 @@ class LoraEmbeddingImpl : public torch::nn::Cloneable<LoraEmbeddingImpl>, public
                                                   at::empty({spec.r, options.num_embeddings()}));
     lora_embedding_B = detail::register_keep_grad(*this, "lora_embedding_B", lora_embedding_B,
                                                   at::empty({options.embedding_dim(), spec.r}));
-    torch::NoGradGuard g;
-    if (spec.init == "false") torch::nn::init::normal_(lora_embedding_A);
-    else lora_embedding_A.zero_();
-    torch::nn::init::normal_(lora_embedding_B);
+    init_lora_embedding_pair(lora_embedding_A, lora_embedding_B, spec.init);
   }
   Placement placement() const override { return Placement::parallel; }
   std::string method() const override { return "lora"; }
@@ -352,8 +365,7 @@ class LoraConv2dImpl : public torch::nn::Cloneable<LoraConv2dImpl>, public Tuner
     namespace F = torch::nn::functional;
     at::Tensor in = x;
     if (spec.dropout > 0 && is_training()) in = F::dropout(x, F::DropoutFuncOptions().p(spec.dropout).training(true));
-    auto a = F::conv2d(in, lora_A, F::Conv2dFuncOptions().stride(options.stride()).padding(options.padding()).dilation(options.dilation()));
-    return at::add(y, F::conv2d(a, lora_B), spec.scaling);
+    return at::add(y, lora_conv2d_branch(in, lora_A, lora_B, options), spec.scaling);
   }
   WeightSet delta(const WeightSet&) const override {
     // Composition of the two convolutions as one kernel.
@@ -394,6 +406,22 @@ class DoraTuner : public Tuner {
     merged_norm_ = at::Tensor();
   }
 
+ protected:
+  /// Registers lora_magnitude_vector (ones of `shape`, or a clone()'s copied values).
+  void register_magnitude(at::IntArrayRef shape) {
+    auto& d = static_cast<Derived&>(*this);
+    d.lora_magnitude_vector = detail::register_keep_grad(
+        d, "lora_magnitude_vector", d.lora_magnitude_vector,
+        d.lora_magnitude_vector.defined() ? d.lora_magnitude_vector.clone() : at::ones(shape));
+  }
+  /// m = ||W|| (B A = 0 at init), computed where W lives (a model may already be on the GPU).
+  void init_magnitude(const at::Tensor& weight) {
+    auto& d = static_cast<Derived&>(*this);
+    d.to(weight.device());
+    torch::NoGradGuard g;
+    d.lora_magnitude_vector.copy_(d.weight_norm(weight.to(d.dtype())));
+  }
+
  private:
   const Derived& self() const { return static_cast<const Derived&>(*this); }
   mutable at::Tensor merged_norm_;  // ||W + s ΔW|| at merge time
@@ -409,10 +437,7 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public DoraT
   DoraLinearImpl(const at::Tensor& weight, LoraSpec spec)
       : in_features(weight.size(1)), out_features(weight.size(0)), spec(std::move(spec)) {
     reset();
-    // m = ||W|| is computed where W lives (a model may already be on the GPU when DoRA is attached).
-    this->to(weight.device());
-    torch::NoGradGuard g;
-    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_A.dtype())));
+    init_magnitude(weight);
   }
   int64_t in_features, out_features;
   LoraSpec spec;
@@ -421,9 +446,7 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public DoraT
   void reset() override {
     lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, in_features}));
     lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
-    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
-                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
-                                                                                       : at::ones({out_features}));
+    register_magnitude({out_features});
     init_lora_pair(lora_A, lora_B, spec.init, spec.r);
   }
 
@@ -471,9 +494,7 @@ class DoraEmbeddingImpl : public torch::nn::Cloneable<DoraEmbeddingImpl>, public
   DoraEmbeddingImpl(const EmbeddingOptions& options, const at::Tensor& weight, LoraSpec spec)
       : options(options), spec(std::move(spec)) {
     reset();
-    this->to(weight.device());
-    torch::NoGradGuard g;
-    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_embedding_A.dtype())));
+    init_magnitude(weight);
   }
   EmbeddingOptions options;
   LoraSpec spec;
@@ -484,13 +505,8 @@ class DoraEmbeddingImpl : public torch::nn::Cloneable<DoraEmbeddingImpl>, public
                                                   at::empty({spec.r, options.num_embeddings()}));
     lora_embedding_B = detail::register_keep_grad(*this, "lora_embedding_B", lora_embedding_B,
                                                   at::empty({options.embedding_dim(), spec.r}));
-    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
-                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
-                                                                                       : at::ones({options.embedding_dim()}));
-    torch::NoGradGuard g;
-    if (spec.init == "false") torch::nn::init::normal_(lora_embedding_A);
-    else lora_embedding_A.zero_();
-    torch::nn::init::normal_(lora_embedding_B);
+    register_magnitude({options.embedding_dim()});
+    init_lora_embedding_pair(lora_embedding_A, lora_embedding_B, spec.init);
   }
   at::ScalarType dtype() const { return lora_embedding_A.scalar_type(); }
 
@@ -535,9 +551,7 @@ class DoraConv2dImpl : public torch::nn::Cloneable<DoraConv2dImpl>, public DoraT
   DoraConv2dImpl(const Conv2dOptions& options, const at::Tensor& weight, LoraSpec spec)
       : options(options), spec(std::move(spec)) {
     reset();
-    this->to(weight.device());
-    torch::NoGradGuard g;
-    lora_magnitude_vector.copy_(weight_norm(weight.to(lora_A.dtype())));
+    init_magnitude(weight);
   }
   Conv2dOptions options;
   LoraSpec spec;
@@ -547,9 +561,7 @@ class DoraConv2dImpl : public torch::nn::Cloneable<DoraConv2dImpl>, public DoraT
     auto k = options.kernel_size();
     lora_A = detail::register_keep_grad(*this, "lora_A", lora_A, at::empty({spec.r, options.in_channels(), k->at(0), k->at(1)}));
     lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({options.out_channels(), spec.r, 1, 1}));
-    lora_magnitude_vector = detail::register_keep_grad(*this, "lora_magnitude_vector", lora_magnitude_vector,
-                                                       lora_magnitude_vector.defined() ? lora_magnitude_vector.clone()
-                                                                                       : at::ones({1, options.out_channels(), 1, 1}));
+    register_magnitude({1, options.out_channels(), 1, 1});
     init_lora_pair(lora_A, lora_B, spec.init, spec.r);
   }
   at::ScalarType dtype() const { return lora_A.scalar_type(); }
@@ -568,8 +580,7 @@ class DoraConv2dImpl : public torch::nn::Cloneable<DoraConv2dImpl>, public DoraT
     at::Tensor in = x;
     if (spec.dropout > 0 && is_training()) in = F::dropout(x, F::DropoutFuncOptions().p(spec.dropout).training(true));
     const auto g = lora_magnitude_vector / weight_norm(base.weight.to(lora_A.scalar_type()));
-    auto a = F::conv2d(in, lora_A, F::Conv2dFuncOptions().stride(options.stride()).padding(options.padding()).dilation(options.dilation()));
-    auto lora = F::conv2d(a, lora_B) * spec.scaling;
+    auto lora = lora_conv2d_branch(in, lora_A, lora_B, options) * spec.scaling;
     // (g - 1) times the bias-free base output; with dropout PEFT recomputes it from the dropped input.
     at::Tensor plain;
     if (in.is_same(x)) plain = base.bias.defined() ? y - base.bias.view({1, -1, 1, 1}) : y;
