@@ -10,6 +10,7 @@
 #include "common/fashion_experiment.hpp"
 
 #include <CLI/CLI.hpp>
+#include "common/cli_checks.hpp"
 #include <fmt/format.h>
 #include <torch/version.h>
 
@@ -55,10 +56,10 @@ int main(int argc, char** argv) {
   app.add_flag("--quick", quick, "every method a few steps on one task, with checks (the CI smoke test)");
   app.add_option("--tasks", tasks, "tasks to run")->check(CLI::IsMember(fashion::task_names()));
   app.add_option("--methods", method_names, "methods to run")->check(CLI::IsMember(all_methods));
-  app.add_option("--steps", steps, "training steps per run (batch 32)")->check(CLI::PositiveNumber);
-  app.add_option("--seeds", seeds, "seeds per method and task")->check(CLI::PositiveNumber);
-  app.add_option("--upstream-steps", upstream_steps, "steps of the (cached) upstream pretraining")->check(CLI::PositiveNumber);
-  app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "training steps per run (batch 32)")->check(cli_checks::Positive);
+  app.add_option("--seeds", seeds, "seeds per method and task")->check(cli_checks::Positive);
+  app.add_option("--upstream-steps", upstream_steps, "steps of the (cached) upstream pretraining")->check(cli_checks::Positive);
+  app.add_option("--threads", threads, "intra-op threads")->check(cli_checks::Positive);
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--out", out, "folder for accuracy.json and accuracy.md");
   app.add_option("--log", log_path, "append every step and run as JSON lines to this file");

@@ -6,6 +6,7 @@
 #include <peft/peft.hpp>
 
 #include <CLI/CLI.hpp>
+#include "common/cli_checks.hpp"
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -17,10 +18,10 @@ int main(int argc, char** argv) {
   int64_t d = 1024, tokens = 2048, r = 8;
   int reps = 30;
   CLI::App app{"The library's fused LoRA branch against the naive formulation"};
-  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--tokens", tokens, "tokens (a multiple of 8)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--rank", r, "LoRA rank")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--tokens", tokens, "tokens (a multiple of 8)")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--rank", r, "LoRA rank")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(cli_checks::Positive);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
   torch::manual_seed(0);

@@ -6,6 +6,7 @@
 #include <peft/peft.hpp>
 
 #include <CLI/CLI.hpp>
+#include "common/cli_checks.hpp"
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -37,10 +38,10 @@ int main(int argc, char** argv) {
   int64_t d = 1024, n = 2, tokens = 1024;
   int reps = 10;
   CLI::App app{"Training step and inference: full fine-tuning against LoRA (r=8, all Linear) on an MLP stack"};
-  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--layers", n, "MLP blocks (up and down projection each)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--tokens", tokens, "tokens per step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--hidden", d, "hidden width")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--layers", n, "MLP blocks (up and down projection each)")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--tokens", tokens, "tokens per step")->capture_default_str()->check(cli_checks::Positive);
+  app.add_option("--reps", reps, "timed repetitions (median)")->capture_default_str()->check(cli_checks::Positive);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
   torch::manual_seed(0);

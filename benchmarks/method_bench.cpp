@@ -12,6 +12,7 @@
 #include "bench_common.hpp"
 
 #include <CLI/CLI.hpp>
+#include "common/cli_checks.hpp"
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -108,14 +109,14 @@ int main(int argc, char** argv) {
   app.add_option("--config", config, "model shape")->check(CLI::IsMember({"small", "gemm", "bert-base", "llama-tiny", "llama-1b"}));
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype, "float32 or bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
-  app.add_option("--reps", reps, "timed repetitions (median)")->check(CLI::PositiveNumber);
-  app.add_option("--warmup", warmup, "untimed repetitions first")->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "timed repetitions (median)")->check(cli_checks::Positive);
+  app.add_option("--warmup", warmup, "untimed repetitions first")->check(cli_checks::NonNegative);
+  app.add_option("--threads", threads, "intra-op threads")->check(cli_checks::Positive);
   app.add_option("--methods", only, "run only these variants");
   app.add_option("--out", out, "folder for method_bench_<config>_<device>.{json,md}");
   int64_t batch = 0, seq = 0;
-  app.add_option("--batch", batch, "batch size instead of the shape's")->check(CLI::PositiveNumber);
-  app.add_option("--seq", seq, "sequence length instead of the shape's")->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "batch size instead of the shape's")->check(cli_checks::Positive);
+  app.add_option("--seq", seq, "sequence length instead of the shape's")->check(cli_checks::Positive);
   bool skip_full = false;
   app.add_flag("--skip-full", skip_full, "leave full fine-tuning out (ratios to it are then not reported)");
   std::string suffix;

@@ -8,7 +8,10 @@
 #include <peft/peft.hpp>
 #include <peft/train/train.hpp>
 
+#include <CLI/CLI.hpp>
 #include <torch/torch.h>
+
+#include "common/cli_checks.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -51,13 +54,21 @@ static void train(Classifier& m, const Task& task, int steps, double lr, const c
     loss.backward();
     opt.step();
     running = step == 1 ? loss.item<double>() : 0.9 * running + 0.1 * loss.item<double>();
-    if (step == 1 || step % (steps / 5) == 0) std::printf("  [%s] step %4d  loss %.4f\n", label, step, running);
+    if (step == 1 || step % std::max(1, steps / 5) == 0) std::printf("  [%s] step %4d  loss %.4f\n", label, step, running);
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"Bring your own model: pretrain a small classifier, fine-tune it with LoRA on a related task, "
+               "save, reload and merge"};
+  int steps = 600;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--steps", steps, "training steps of each phase (pretraining, LoRA)")->capture_default_str()
+      ->check(cli_checks::Positive);
+  app.add_option("--threads", threads, "intra-op threads")->capture_default_str()->check(cli_checks::Positive);
+  CLI11_PARSE(app, argc, argv);
   torch::manual_seed(0);
-  torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t in = 32, hidden = 256, classes = 8;
   Task a{torch::randn({classes, in})};
@@ -69,14 +80,14 @@ int main() {
 
   Classifier model(in, hidden, classes);
   std::cout << "1. pretraining the base model in full on task A\n";
-  train(model, a, 600, 3e-3, "full");
+  train(model, a, steps, 3e-3, "full");
   std::printf("  base model: accuracy on task B %.1f%%\n", 100 * accuracy(model, xb_test, yb_test));
 
   std::cout << "2. LoRA (r=8, alpha=16) on fc1 and fc2, head trained in full (modules_to_save)\n";
   auto cfg = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc1", "fc2"}).modules_to_save({"head"});
   peft::attach(model, cfg);
   std::cout << "  " << peft::trainable_report(model) << "\n";
-  train(model, b, 600, 3e-3, "lora");
+  train(model, b, steps, 3e-3, "lora");
   model->eval();
   const double acc = accuracy(model, xb_test, yb_test);
   std::printf("  LoRA model: accuracy on task B %.1f%%\n", 100 * acc);
@@ -85,9 +96,11 @@ int main() {
   const auto dir = std::filesystem::temp_directory_path() / "peft_byom";
   torch::OrderedDict<std::string, torch::Tensor> base;
   {
+    // The original values (the head's too: training changed the adapter's copy of it). Cloned: the
+    // parameter objects hold the adapter's copy again once the guard ends.
     peft::DisableAdapters off(model);
     for (const auto& p : model->named_parameters())
-      if (p.key().find(".default.") == std::string::npos) base.insert(p.key(), p.value());
+      if (p.key().find(".default.") == std::string::npos) base.insert(p.key(), p.value().detach().clone());
   }
   std::filesystem::create_directories(dir);
   peft::save_safetensors((dir / "model.safetensors").string(), base);

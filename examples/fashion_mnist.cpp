@@ -9,6 +9,7 @@
 #include "common/fashion_experiment.hpp"
 
 #include <CLI/CLI.hpp>
+#include "common/cli_checks.hpp"
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -24,13 +25,13 @@ int main(int argc, char** argv) {
   for (const auto& m : fashion::methods()) method_names.push_back(m.name);
   app.add_option("--method", method, "PEFT method to compare with full fine-tuning")->check(CLI::IsMember(method_names));
   app.add_option("--task", task_name, "downstream task")->check(CLI::IsMember(fashion::task_names()));
-  app.add_option("--steps", steps, "training steps (batch 32)")->check(CLI::PositiveNumber);
-  app.add_option("--lr", lr, "learning rate of the method (default: 1e-2; 1e-1 for the linear probe)")->check(CLI::NonNegativeNumber);
-  app.add_option("--full-lr", full_lr, "learning rate of full fine-tuning")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "training steps (batch 32)")->check(cli_checks::Positive);
+  app.add_option("--lr", lr, "learning rate of the method (default: 1e-2; 1e-1 for the linear probe)")->check(cli_checks::NonNegative);
+  app.add_option("--full-lr", full_lr, "learning rate of full fine-tuning")->check(cli_checks::Positive);
   app.add_option("--device", device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--threads", threads, "intra-op threads")->check(CLI::PositiveNumber);
+  app.add_option("--threads", threads, "intra-op threads")->check(cli_checks::Positive);
   app.add_option("--seed", seed, "seed of the head init and the batches");
-  app.add_option("--upstream-steps", upstream_steps, "steps of the (cached) upstream pretraining")->check(CLI::PositiveNumber);
+  app.add_option("--upstream-steps", upstream_steps, "steps of the (cached) upstream pretraining")->check(cli_checks::Positive);
   app.add_option("--out", out, "where the adapter is saved (HF PEFT layout)");
   app.add_option("--log", log_path, "append metrics as JSON lines to this file");
   CLI11_PARSE(app, argc, argv);

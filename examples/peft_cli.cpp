@@ -46,7 +46,7 @@ void inspect_adapter(const std::filesystem::path& dir) {
 
 int main(int argc, char** argv) {
   CLI::App app{"peft-cli: inspect safetensors files and adapters, merge LoRA adapters into checkpoints"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);  // checked below, after unknown flags have been reported by name
   std::string path;
   auto* inspect = app.add_subcommand("inspect", "Show a safetensors file or an adapter directory");
   inspect->add_option("path", path, "model.safetensors or an adapter directory")->required();
@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  if (app.get_subcommands().empty()) {
+    std::cerr << "peft-cli: expected a subcommand (inspect, merge or methods); run with --help for more information\n";
+    return 2;
   }
   try {
     if (*inspect) {

@@ -61,7 +61,7 @@ TEST_CASE("LoRA on Linear matches the hand computation", "[lora]") {
   }
 }
 
-TEST_CASE("LoRA default init leaves the output unchanged; gaussian init has std 1/r", "[lora][init]") {
+TEST_CASE("LoRA default init leaves the output unchanged, gaussian init has std 1/r", "[lora][init]") {
   torch::manual_seed(2);
   ToyModel m;
   auto ids = torch::randint(0, 32, {2, 5});
@@ -77,7 +77,7 @@ TEST_CASE("LoRA default init leaves the output unchanged; gaussian init has std 
   CHECK(t->lora_B.abs().sum().item<double>() == 0.0);
 }
 
-TEST_CASE("merged and unmerged LoRA agree; unmerge restores the weights", "[lora][merge]") {
+TEST_CASE("merged and unmerged LoRA agree, unmerge restores the weights", "[lora][merge]") {
   torch::manual_seed(3);
   ToyModel m;
   peft::attach(m, peft::LoraConfig().r(4).lora_alpha(8).target_modules("all-linear").init_lora_weights(false));
@@ -132,7 +132,7 @@ TEST_CASE("merged and unmerged LoRA agree; unmerge restores the weights", "[lora
   }
 }
 
-TEST_CASE("only adapter parameters get gradients; base stays frozen", "[lora][freeze]") {
+TEST_CASE("only adapter parameters get gradients, base stays frozen", "[lora][freeze]") {
   torch::manual_seed(4);
   ToyModel m;
   auto r = peft::attach(m, peft::LoraConfig().r(2).target_modules({"q", "v"}).modules_to_save({"head"}).init_lora_weights(false));
@@ -352,6 +352,18 @@ struct ShiftInImpl : DoubleImpl {  // input placement: U(x) = x + 1
   peft::Placement placement() const override { return peft::Placement::input; }
   torch::Tensor input(const torch::Tensor& x) override { return x + 1; }
 };
+struct TripleWImpl : DoubleImpl {  // weight placement: W' = 3 W, b' = b - 1
+  peft::Placement placement() const override { return peft::Placement::weight; }
+  void reparameterize(peft::WeightSet& w) const override {
+    w.weight = w.weight * 3;
+    w.bias = w.bias - 1;
+  }
+};
+struct SideImpl : DoubleImpl {  // parallel placement: y + x P^T
+  torch::Tensor p = torch::randn({2, 3});
+  peft::Placement placement() const override { return peft::Placement::parallel; }
+  torch::Tensor parallel(const torch::Tensor& x, const torch::Tensor& y) override { return y + torch::mm(x, p.t()); }
+};
 }  // namespace
 
 TEST_CASE("the frame composes input, weight, parallel and output tuners", "[frame]") {
@@ -367,6 +379,16 @@ TEST_CASE("the frame composes input, weight, parallel and output tuners", "[fram
   fc->enable_adapters(true);
   CHECK_THROWS_AS(fc->merge({"dbl"}, false), peft::StateError);
   CHECK(fc->merged_adapters().empty());
+  // All four placements at once, in the frame's order: input, weight, op, parallel (on the op's
+  // input), output: y = 2 ((x + 1) (3W)^T + (b - 1) + (x + 1) P^T).
+  auto side = std::make_shared<SideImpl>();
+  fc->add_adapter("w3", std::make_shared<TripleWImpl>());
+  fc->add_adapter("side", side);
+  fc->set_active_adapters({"shift", "dbl", "w3", "side"});
+  const auto h = x + 1;
+  CHECK_THAT(fc(x), AllClose(2 * (torch::mm(h, 3 * fc->weight.t()) + (fc->bias - 1) + torch::mm(h, side->p.t()))));
+  fc->set_active_adapters({"w3", "side"});
+  CHECK_THAT(fc(x), AllClose(torch::mm(x, 3 * fc->weight.t()) + (fc->bias - 1) + torch::mm(x, side->p.t())));
 }
 
 TEST_CASE("the README's tour network gives the report line the README shows", "[report][readme]") {

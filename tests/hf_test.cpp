@@ -125,6 +125,16 @@ void check_case(const std::string& version, const std::string& name, const json&
   CHECK(adapted < 1e-4);
   // The adapter must change the output, or the comparison proves nothing.
   CHECK(max_diff(io.at("base_logits"), io.at("adapted_logits")) > 1e-3);
+  // Disabled, the model is transformers' base model again, as with PEFT's disable_adapter(): also the
+  // head of modules_to_save (PEFT keeps the original beside the adapter's copy). Not where the file
+  // replaces base weights (save_embedding_layers), which PEFT does as well.
+  bool replaces_base = false;
+  const peft::SafetensorsFile their_file((dir / "adapter" / "adapter_model.safetensors").string());
+  for (const auto& t : their_file.infos()) replaces_base = replaces_base || t.name.find(".base_layer.") != std::string::npos;
+  if (!replaces_base) {
+    peft::DisableAdapters off(*m.module);
+    CHECK(max_diff(m.logits(io), io.at("base_logits")) < 1e-4);
+  }
 
   std::string tokens = "-", merged = "-";
   if (m.llama) {
@@ -220,7 +230,7 @@ TEST_CASE("PEFT 0.13's files (the oldest we support): load, outputs, merge and o
 // ------------------------------------------------------------------------------------------------
 // Defects that real PEFT found in our files, each with its test.
 
-TEST_CASE("a loaded adapter runs in eval mode (no LoRA dropout at inference); attach follows the model's mode", "[hf]") {
+TEST_CASE("a loaded adapter runs in eval mode (no LoRA dropout at inference), attach follows the model's mode", "[hf]") {
   const auto io = read_io(kHf / "peft-0.13.2" / "bert_lora" / "io.safetensors");
   TempDir tmp;
   auto m = load_model("bert");  // in eval mode

@@ -141,6 +141,12 @@ TEST_CASE("adapters save in HF PEFT's layout and reload exactly", "[adapter][io]
                  .rank_pattern({{"layers.1.attn.v", 2}}).init_lora_weights(false);
   peft::attach(m, cfg);
   peft::attach(m, peft::BitFitConfig().target_modules({"fc1"}), "bitfit");
+  {  // BitFit starts at zero: give it values a reload must reproduce
+    torch::NoGradGuard g;
+    for (const auto& s : peft::tunable_slots(m))
+      if (auto* t = s.slot->adapter("bitfit"))
+        for (auto& p : t->as_module().parameters()) p.uniform_(-0.5, 0.5);
+  }
   auto ids = torch::randint(0, 32, {2, 6});
   peft::save_adapter(m, d.path());
   auto y = m->forward(ids);
@@ -182,6 +188,17 @@ TEST_CASE("adapters save in HF PEFT's layout and reload exactly", "[adapter][io]
     peft::set_adapter(fresh, std::vector<std::string>{"default"});
     peft::set_adapter(m, std::vector<std::string>{"default"});
     CHECK(torch::equal(fresh->forward(ids), m->forward(ids)));
+    // BitFit's values, tensor by tensor, and its effect beside the LoRA adapter.
+    auto mine = peft::get_adapter_state_dict(m, "bitfit"), theirs = peft::get_adapter_state_dict(fresh, "bitfit");
+    REQUIRE(mine.keys() == theirs.keys());
+    for (const auto& k : mine.keys()) CHECK(torch::equal(mine[k], theirs[k]));
+    CHECK(mine[mine.keys().front()].abs().sum().item<double>() > 0);
+    peft::set_adapter(fresh, std::vector<std::string>{"default", "bitfit"});
+    peft::set_adapter(m, std::vector<std::string>{"default", "bitfit"});
+    CHECK(torch::equal(fresh->forward(ids), m->forward(ids)));
+    CHECK_FALSE(torch::allclose(m->forward(ids), y));
+    peft::set_adapter(fresh, std::vector<std::string>{"default"});
+    peft::set_adapter(m, std::vector<std::string>{"default"});
     CHECK(peft::count_parameters(fresh).trainable == 0);  // loaded for inference
     auto before = peft::get_adapter_state_dict(fresh);
     auto saved = peft::load_safetensors(d / "adapter_model.safetensors").tensors;
@@ -192,19 +209,29 @@ TEST_CASE("adapters save in HF PEFT's layout and reload exactly", "[adapter][io]
   }
   SECTION("BF16/F16 files load with conversion; unknown config keys are ignored") {
     auto c = peft::load_safetensors(d / "adapter_model.safetensors");
-    torch::OrderedDict<std::string, torch::Tensor> half;
-    for (auto& it : c.tensors) half.insert(it.key(), it.value().to(torch::kBFloat16));
-    TempDir h;
-    peft::save_safetensors(h / "adapter_model.safetensors", half);
-    auto j = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
-    j["some_future_field"] = {1, 2};
-    j.erase("lora_dropout");
-    peft_test::write_file(h / "adapter_config.json", j.dump());
-    ToyModel fresh;
-    peft_test::copy_weights(*fresh, *m);
-    peft::load_adapter(fresh, h.path());
     peft::set_adapter(m, "default");
-    CHECK_THAT(fresh->forward(ids), AllClose(m->forward(ids), 2e-2, 2e-2));
+    const auto want = m->forward(ids);
+    for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+      INFO("file dtype " << dtype);
+      torch::OrderedDict<std::string, torch::Tensor> half;
+      for (auto& it : c.tensors) half.insert(it.key(), it.value().to(dtype));
+      TempDir h;
+      peft::save_safetensors(h / "adapter_model.safetensors", half);
+      CHECK(peft::SafetensorsFile(h / "adapter_model.safetensors").infos().front().dtype ==
+            (dtype == torch::kBFloat16 ? peft::DType::BF16 : peft::DType::F16));
+      auto j = nlohmann::json::parse(peft_test::read_file(d / "adapter_config.json"));
+      j["some_future_field"] = {1, 2};
+      j.erase("lora_dropout");
+      peft_test::write_file(h / "adapter_config.json", j.dump());
+      ToyModel fresh;
+      peft_test::copy_weights(*fresh, *m);
+      peft::load_adapter(fresh, h.path());
+      // The loaded values are the file's, converted: exactly the half-precision values widened.
+      auto loaded = peft::get_adapter_state_dict(fresh);
+      for (const auto& k : loaded.keys()) CHECK(torch::equal(loaded[k], half[k].to(torch::kFloat)));
+      // F16 keeps 3 more mantissa bits than BF16: its outputs are closer.
+      CHECK_THAT(fresh->forward(ids), AllClose(want, dtype == torch::kBFloat16 ? 2e-2 : 2e-3, 2e-2));
+    }
   }
 }
 
@@ -255,7 +282,12 @@ TEST_CASE("adapters that do not fit are rejected and the model is left untouched
   SECTION("rank not matching the config") {
     auto c = cfg;
     c["r"] = 8;
-    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("expected shape [8, 16], received [4, 16]"));
+    // Found from the file's shapes before any tuner is built.
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("[peft.adapter]") && Catch::Contains("q.lora_A.weight' has rank 4") &&
+                                              Catch::Contains("allows only 8 (r and rank_pattern)"));
+    c["rank_pattern"] = {{"q", 4}};  // q's rank fits now; v's (4 against r = 8) still does not
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("expected shape [8, 16], received [4, 16]") &&
+                                              Catch::Contains("v.lora_A.weight"));
   }
   SECTION("target not in the model") {
     auto c = cfg;
@@ -268,7 +300,7 @@ TEST_CASE("adapters that do not fit are rejected and the model is left untouched
     CHECK_THAT(try_load(good.tensors, c), Catch::Contains("[peft.config]") && Catch::Contains("MYSTERY"));
     c = cfg;
     c["r"] = "four";
-    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("field 'r' has the wrong type"));
+    CHECK_THAT(try_load(good.tensors, c), Catch::Contains("field 'r' must be an integer, received \"four\""));
     c = cfg;
     c["use_dora"] = true;  // a plain LoRA file under a DoRA config: the magnitudes are missing
     CHECK_THAT(try_load(good.tensors, c), Catch::Contains("missing tensor 'base_model.model.layers.0.attn.q.lora_magnitude_vector'"));
@@ -309,15 +341,30 @@ TEST_CASE("merging an adapter into a safetensors checkpoint", "[merge][checkpoin
   auto merged = peft::SafetensorsFile(d / "merged.safetensors");
   CHECK(merged.metadata() == std::map<std::string, std::string>{{"format", "pt"}, {"origin", "test"}});
   CHECK(merged.info("embed.weight").dtype == peft::DType::BF16);
-  // Independent expectation from the live tuners: W + S * alpha/sqrt(r) * B A.
+  // Independent expectation from the live tuners: W + S * alpha/sqrt(r) * B A; for the embedding,
+  // (B A)^T (PEFT's lora_embedding_A [r, vocab], lora_embedding_B [dim, r]), kept in BF16.
   auto* q = dynamic_cast<peft::LoraLinearImpl*>(m->layers[1]->as<peft_test::BlockImpl>()->q->adapter("default"));
-  auto q_expected = base["layers.1.attn.q.weight"] + S * (16 / 2.0) * torch::mm(q->lora_B, q->lora_A);
-  CHECK_THAT(merged.tensor("layers.1.attn.q.weight"), AllClose(q_expected.detach(), 1e-5));
+  auto q_expected = (base["layers.1.attn.q.weight"] + S * (16 / 2.0) * torch::mm(q->lora_B, q->lora_A)).detach();
   auto* f = dynamic_cast<peft::LoraLinearImpl*>(m->layers[0]->as<peft_test::BlockImpl>()->fc2->adapter("default"));
-  auto f_expected = base["layers.0.mlp.fc2.weight"] + S * (2 / 2.0) * torch::mm(f->lora_B, f->lora_A);
-  CHECK_THAT(merged.tensor("layers.0.mlp.fc2.weight"), AllClose(f_expected.detach(), 1e-5));
-  CHECK(torch::equal(merged.tensor("layers.0.attn.k.weight"), base["layers.0.attn.k.weight"]));
-  CHECK(torch::equal(merged.tensor("head.weight"), m->head->weight));
+  auto f_expected = (base["layers.0.mlp.fc2.weight"] + S * (2 / 2.0) * torch::mm(f->lora_B, f->lora_A)).detach();
+  auto* e = dynamic_cast<peft::LoraEmbeddingImpl*>(m->embed->adapter("default"));
+  REQUIRE(e != nullptr);
+  auto e_delta = (S * (16 / 2.0) * torch::mm(e->lora_embedding_B, e->lora_embedding_A).t()).detach();
+  REQUIRE(e_delta.abs().max().item<double>() > 0.1);
+  auto e_expected = base["embed.weight"].to(torch::kFloat) + e_delta;
+  const auto head_w = m->head->weight.detach().clone();
+  auto check_merged = [&](const std::string& path) {
+    INFO("merged file " << path);
+    peft::SafetensorsFile out(path);
+    CHECK_THAT(out.tensor("layers.1.attn.q.weight"), AllClose(q_expected, 1e-5));
+    CHECK_THAT(out.tensor("layers.0.mlp.fc2.weight"), AllClose(f_expected, 1e-5));
+    CHECK(out.info("embed.weight").dtype == peft::DType::BF16);
+    CHECK_THAT(out.tensor("embed.weight").to(torch::kFloat), AllClose(e_expected, 2e-2, 1e-2));
+    CHECK_FALSE(torch::allclose(out.tensor("embed.weight").to(torch::kFloat), base["embed.weight"].to(torch::kFloat), 1e-2, 1e-2));
+    CHECK(torch::equal(out.tensor("layers.0.attn.k.weight"), base["layers.0.attn.k.weight"]));
+    CHECK(torch::equal(out.tensor("head.weight"), head_w));
+  };
+  check_merged(d / "merged.safetensors");
 
   SECTION("base weight missing is an AdapterError naming it; nothing is written") {
     torch::OrderedDict<std::string, torch::Tensor> partial;
@@ -332,6 +379,7 @@ TEST_CASE("merging an adapter into a safetensors checkpoint", "[merge][checkpoin
   SECTION("peft-cli merge, inspect, and errors with non-zero exit") {
     auto run = [](const std::string& args) { return std::system((std::string(PEFT_CLI_PATH) + " " + args + " > /dev/null 2>&1").c_str()); };
     CHECK(run("merge --base " + (d / "model.safetensors") + " --adapter " + (d / "adapter") + " --out " + (d / "cli.safetensors") + " --scale 0.5") == 0);
+    check_merged(d / "cli.safetensors");  // the hand expectations, not the library's own merge
     CHECK(peft_test::read_file(d / "cli.safetensors") == peft_test::read_file(d / "merged.safetensors"));
     CHECK(run("inspect " + (d / "model.safetensors")) == 0);
     CHECK(run("inspect " + (d / "adapter")) == 0);

@@ -329,7 +329,7 @@ TEST_CASE("config.json: unknown keys ignored, missing required keys named", "[mo
   j["hidden_act"] = "mish";
   j.erase("rope_scaling");
   CHECK_THROWS_WITH(M::LlamaConfig::from_json(j), Catch::Contains("unsupported activation 'mish'"));
-  CHECK_THROWS_WITH(M::ViTConfig::from_json({{"hidden_size", "big"}}, "v.json"), Catch::Contains("'hidden_size' has the wrong type"));
+  CHECK_THROWS_WITH(M::ViTConfig::from_json({{"hidden_size", "big"}}, "v.json"), Catch::Contains("field 'hidden_size' must be an integer, received \"big\""));
   // to_json -> from_json round trip.
   auto v = M::ViTConfig::from_json(tiny_vit().to_json());
   CHECK(v.num_labels == 10);
@@ -478,7 +478,7 @@ TEST_CASE("attention prefixes from a tuner: every query sees them, masks extend"
   CHECK_FALSE(torch::allclose(attn->forward(x, causal), yc));
 }
 
-TEST_CASE("the generic block: pre-norm and post-norm against the formula; clone keeps adapters", "[models][block]") {
+TEST_CASE("the generic block: pre-norm and post-norm against the formula, clone keeps adapters", "[models][block]") {
   torch::manual_seed(9);
   for (bool pre : {true, false}) {
     N::TransformerBlock blk(N::TransformerBlockOptions(16, 2, 32).pre_norm(pre));

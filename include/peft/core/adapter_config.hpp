@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,14 @@ class AdapterConfig {
   /// differs from its training form (prefix tuning's projection MLP is saved collapsed) switches to
   /// the saved form.
   virtual void prepare_load() {}
+  /// Called by load_adapter with the file's tensors (key -> shape) before any tuner is built: a method
+  /// compares the sizes its config gives with the file's, so that a config that disagrees with its
+  /// weights (a rank of 2^62 beside rank-8 tensors) is refused before anything is allocated. Returns
+  /// the problems found (empty: none).
+  virtual std::vector<std::string> check_file_shapes(const std::map<std::string, std::vector<int64_t>>& shapes) const {
+    (void)shapes;
+    return {};
+  }
 
   /// Prefix of module paths in the adapter file: PEFT writes "base_model.model." for tuners that wrap
   /// layers and "base_model." for prompt learning (whose PeftModel holds the transformer directly).

@@ -11,6 +11,7 @@
 
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/error.hpp>
+#include <peft/core/saved_modules.hpp>
 #include <peft/core/tunable.hpp>
 
 #include <fmt/format.h>
@@ -19,6 +20,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -102,14 +104,86 @@ inline std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> r
   return out;
 }
 
-/// Parameters (name relative to the model, tensor) that an adapter's config trains in full: those of
-/// modules_to_save, and base biases per the config's `bias` mode.
+/// A module to save with its copies.
+struct SavedRef {
+  std::string name;            ///< module path
+  torch::nn::Module* owner;    ///< the module itself
+  SavedModuleCopies* copies;   ///< its copies
+};
+
+/// Every module of the model that holds modules_to_save copies.
+inline std::vector<SavedRef> all_saved_copies(ModelRef model) {
+  std::vector<SavedRef> out;
+  if (auto* c = saved_copies(*model)) out.push_back({"", &*model, c});  // named_modules(include_self) needs a shared_ptr
+  for (const auto& item : model->named_modules("", false))
+    if (auto* c = saved_copies(*item.value())) out.push_back({item.key(), item.value().get(), c});
+  return out;
+}
+
+/// The tensors of `adapter`'s copies of its modules_to_save (name relative to the model, tensor): the
+/// module's parameters while the copy is live, the waiting copy otherwise. A module without a copy for
+/// the adapter (a load still validating) gives its parameters.
+inline std::vector<std::pair<std::string, at::Tensor>> saved_module_tensors(ModelRef model,
+                                                                           const AdapterConfig& config,
+                                                                           const std::string& adapter) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [mname, m] : resolve_modules_to_save(model, config.saved_modules())) {
+    std::vector<std::string> names;
+    std::vector<at::Tensor> values;
+    for (const auto& p : m->named_parameters(true)) {
+      names.push_back(p.key());
+      values.push_back(p.value());
+    }
+    if (auto* c = saved_copies(*m); c && c->has(adapter)) values = c->values(*m, adapter);
+    for (std::size_t i = 0; i < names.size(); ++i) out.emplace_back(mname + "." + names[i], values[i]);
+  }
+  return out;
+}
+
+/// Gives `adapter` its own copy of each of its modules_to_save.
+inline void add_saved_copies(ModelRef model, const AdapterConfig& config, const std::string& adapter) {
+  for (const auto& [mname, m] : resolve_modules_to_save(model, config.saved_modules()))
+    ensure_saved_copies(*m).add(*m, adapter);
+}
+
+/// Refuses active adapter sets in which two adapters have copies of the same module (PEFT allows one).
+inline void check_saved_copies(ModelRef model, const std::vector<std::string>& active) {
+  for (const auto& r : all_saved_copies(model)) {
+    std::vector<std::string> hits;
+    for (const auto& a : active)
+      if (r.copies->has(a)) hits.push_back(a);
+    if (hits.size() > 1)
+      throw StateError(fmt::format("adapters {} each train their own copy of module '{}' (modules_to_save); only one "
+                                   "of them can be active at a time",
+                                   join(hits), r.name));
+  }
+}
+
+/// Removes the copies holder of every module that no adapter copies any more; with `keep_live`, of every
+/// module, each keeping the values it computes with now (merge_and_unload).
+inline void drop_unused_saved_copies(ModelRef model, bool keep_live = false) {
+  for (const auto& r : all_saved_copies(model))
+    if (keep_live || r.copies->adapters().empty()) drop_saved_copies(*r.owner);
+}
+
+/// Makes every module to save compute with the active adapter's copy, or with its original when no
+/// active adapter has one or `original` is set (adapters disabled).
+inline void select_saved_copies(ModelRef model, const std::vector<std::string>& active, bool original = false) {
+  for (const auto& r : all_saved_copies(model)) {
+    std::string pick;
+    if (!original)
+      for (const auto& a : active)
+        if (r.copies->has(a)) { pick = a; break; }
+    r.copies->select(*r.owner, pick);
+  }
+}
+
+/// Parameters (name relative to the model, tensor) that an adapter's config trains in full: its copies
+/// of modules_to_save, and base biases per the config's `bias` mode.
 inline std::vector<std::pair<std::string, at::Tensor>> extra_trainables(ModelRef model,
                                                                          const AdapterConfig& config,
                                                                          const std::string& adapter) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& [mname, m] : resolve_modules_to_save(model, config.saved_modules()))
-    for (const auto& p : m->named_parameters(true)) out.emplace_back(mname + "." + p.key(), p.value());
+  auto out = saved_module_tensors(model, config, adapter);
   const std::string bias = config.bias_mode();
   if (bias == "all") {
     for (const auto& p : model->named_parameters(true)) {
@@ -155,6 +229,16 @@ struct AttachResult {
 };
 
 namespace detail {
+/// Points the modules to save at the active adapter's copies (the originals while adapters are
+/// disabled).
+inline void sync_saved_copies(ModelRef model) {
+  const auto slots = tunable_slots(model);
+  const bool disabled = std::any_of(slots.begin(), slots.end(), [](const NamedSlot& s) {
+    return !s.slot->adapter_names().empty() && !s.slot->adapters_enabled();
+  });
+  select_saved_copies(model, active_adapters(model), disabled);
+}
+
 inline std::string sample_names(const std::vector<NamedSlot>& slots) {
   std::string r;
   std::size_t n = 0;
@@ -171,6 +255,11 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
     ModelRef model, const std::shared_ptr<AdapterConfig>& config, const std::string& adapter) {
   check_adapter_name(adapter);
   config->validate();
+  {
+    const auto rules = config->target_rules();
+    rules.target_modules.check("target_modules");
+    rules.exclude_modules.check("exclude_modules");
+  }
   auto slots = tunable_slots(model);
   for (const auto& s : slots)
     if (s.slot->adapter(adapter))
@@ -190,7 +279,16 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
   std::shared_ptr<const AdapterConfig> shared = config;
   std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> plan;
   for (const auto& s : chosen) {
-    auto tuner = config->make_tuner(*s.slot, s.name, shared);
+    std::shared_ptr<torch::nn::Module> tuner;
+    try {
+      tuner = config->make_tuner(*s.slot, s.name, shared);
+    } catch (const c10::Error& e) {  // e.g. an absurd rank: LibTorch's allocation errors, made readable
+      throw ConfigError(fmt::format("adapter '{}' ({}): cannot build the tuner for module '{}' ({}): {}", adapter,
+                                    config->peft_type(), s.name, s.slot->op_kind(), e.what_without_backtrace()));
+    } catch (const std::bad_alloc&) {
+      throw ConfigError(fmt::format("adapter '{}' ({}): out of memory building the tuner for module '{}' ({})", adapter,
+                                    config->peft_type(), s.name, s.slot->op_kind()));
+    }
     // New tuners follow the device and dtype of the op they adapt: its weight, a composite op's first
     // parameter, or for a parameter-free site (ViT's and BERT's `mlp`, around sibling modules) the first
     // parameter of the nearest enclosing module that has one. (Found on the GPU: bottleneck adapters on
@@ -236,6 +334,7 @@ inline void commit_tuners(ModelRef model,
   }
   if (first)
     for (const auto& s : tunable_slots(model)) s.slot->set_active_adapters({adapter});
+  sync_saved_copies(model);
   mark_only_adapters_trainable(model);
 }
 }  // namespace detail
@@ -256,6 +355,7 @@ inline AttachResult attach(ModelRef model, const AdapterConfig& config, const st
   AttachResult r{adapter, {}, {}};
   for (const auto& [s, t] : plan) r.targeted.push_back(s.name);
   for (const auto& [n, m] : detail::resolve_modules_to_save(model, cfg->saved_modules())) r.modules_to_save.push_back(n);
+  detail::add_saved_copies(model, *cfg, adapter);
   detail::commit_tuners(model, plan, adapter);
   return r;
 }
@@ -266,7 +366,9 @@ inline void set_adapter(ModelRef model, const std::vector<std::string>& names) {
   for (const auto& n : names)
     if (std::find(known.begin(), known.end(), n) == known.end())
       throw StateError("no adapter named '" + n + "' in the model (adapters: " + detail::join(known) + ")");
+  detail::check_saved_copies(model, names);
   for (const auto& s : tunable_slots(model)) s.slot->set_active_adapters(names);
+  detail::sync_saved_copies(model);
   mark_only_adapters_trainable(model);
 }
 inline void set_adapter(ModelRef model, const std::string& name) {
@@ -292,11 +394,16 @@ inline void delete_adapter(ModelRef model, const std::string& name) {
     active.erase(std::remove(active.begin(), active.end(), name), active.end());
     s.slot->set_active_adapters(active);
   }
+  // Its copies of modules_to_save go too; a module nobody copies any more is plain again.
+  for (const auto& r : detail::all_saved_copies(model)) r.copies->remove(*r.owner, name);
+  detail::sync_saved_copies(model);
+  detail::drop_unused_saved_copies(model);
   mark_only_adapters_trainable(model);
 }
 
-/// Scoped guard: within its lifetime every slot computes its plain frozen op. Merged adapters are
-/// unmerged on entry and merged back on exit, so the guard always yields the base model's output.
+/// Scoped guard: within its lifetime every slot computes its plain frozen op and every module to save
+/// its original values. Merged adapters are unmerged on entry and merged back on exit, so the guard
+/// always yields the base model's output.
 class DisableAdapters {
  public:
   explicit DisableAdapters(ModelRef model) {
@@ -304,6 +411,10 @@ class DisableAdapters {
       saved_.push_back({s.slot, s.slot->adapters_enabled(), s.slot->merged_adapters()});
       if (!s.slot->merged_adapters().empty()) s.slot->unmerge();
       s.slot->enable_adapters(false);
+    }
+    for (const auto& r : detail::all_saved_copies(model)) {
+      copies_.push_back({r.owner, r.copies, r.copies->live()});
+      r.copies->select(*r.owner, "");
     }
   }
   DisableAdapters(const DisableAdapters&) = delete;
@@ -313,6 +424,7 @@ class DisableAdapters {
       s.slot->enable_adapters(s.enabled);
       if (!s.merged.empty()) s.slot->merge(s.merged, false);
     }
+    for (auto& c : copies_) c.copies->select(*c.owner, c.live);
   }
 
  private:
@@ -322,6 +434,12 @@ class DisableAdapters {
     std::vector<std::string> merged;
   };
   std::vector<Saved> saved_;
+  struct Live {
+    torch::nn::Module* owner;
+    detail::SavedModuleCopies* copies;
+    std::string live;
+  };
+  std::vector<Live> copies_;
 };
 
 /// Folds adapters (default: the active ones) into the frozen weights of every slot. Checks that all
@@ -348,7 +466,8 @@ inline void unmerge_adapter(ModelRef model) {
 }
 
 /// Merges the active adapters and removes every adapter: the model is a plain model again, with the
-/// adaptation baked into its weights.
+/// adaptation baked into its weights and each module to save holding the active adapter's copy (as
+/// PEFT's merge_and_unload keeps `modules_to_save[active]`).
 inline void merge_and_unload(ModelRef model, bool safe = false) {
   merge_adapter(model, {}, safe);
   for (const auto& s : tunable_slots(model)) {
@@ -356,6 +475,7 @@ inline void merge_and_unload(ModelRef model, bool safe = false) {
     for (const auto& n : s.slot->adapter_names()) s.slot->delete_adapter(n);
     s.slot->set_active_adapters({});
   }
+  detail::drop_unused_saved_copies(model, /*keep_live=*/true);
 }
 
 /// Parameter counts, PEFT's way: tied tensors counted once.

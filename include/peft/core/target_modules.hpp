@@ -37,6 +37,17 @@ class TargetModules {
   const std::vector<std::string>& list() const { return list_; }
   const std::string& regex() const { return regex_; }
 
+  /// Throws ConfigError when a regex does not compile (checked when a config is read, before any
+  /// module is matched). `field` names the config field for the message.
+  void check(const std::string& field) const {
+    if (kind_ != Kind::regex || is_all_linear()) return;
+    try {
+      std::regex re(regex_, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw ConfigError("field '" + field + "': expected a valid regex (ECMAScript), received '" + regex_ + "': " + e.what());
+    }
+  }
+
   /// PEFT's rule: regex full match, exact name, or dot-boundary suffix.
   bool matches(const std::string& name) const {
     switch (kind_) {

@@ -62,6 +62,9 @@ class TunableSlot {
   /// Makes merges permanent: the merged weights become the base and the merge record is dropped
   /// (used by merge_and_unload).
   virtual void forget_merges() = 0;
+  /// Registers a child that is not an adapter (the copies of modules_to_save) so that clone() carries
+  /// it along (deep-copied); nullptr removes it.
+  virtual void keep_child(const std::string& name, std::shared_ptr<torch::nn::Module> child) = 0;
 };
 
 namespace detail {
@@ -104,6 +107,16 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
     adapters_.insert(name, tuner);
     this->register_module(name, tuner);
     refresh();
+  }
+
+  void keep_child(const std::string& name, std::shared_ptr<torch::nn::Module> child) override {
+    if (kept_.contains(name)) {
+      kept_.erase(name);
+      this->unregister_module(name);
+    }
+    if (!child) return;
+    kept_.insert(name, child);
+    this->register_module(name, std::move(child));
   }
 
   void delete_adapter(const std::string& name) override {
@@ -196,6 +209,10 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
       item.value() = item.value()->clone();
       this->register_module(item.key(), item.value());
     }
+    for (auto& item : kept_) {
+      item.value() = item.value()->clone();
+      this->register_module(item.key(), item.value());
+    }
     refresh();
   }
 
@@ -245,6 +262,7 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
   }
 
   torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>> adapters_{"adapter"};
+  torch::OrderedDict<std::string, std::shared_ptr<torch::nn::Module>> kept_{"child"};  // keep_child()
   std::vector<std::string> active_;
   std::vector<std::string> merged_;
   bool enabled_ = true;

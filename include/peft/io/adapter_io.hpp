@@ -141,6 +141,15 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
   cfg->prepare_load();
   const auto wpath = (dir / kAdapterWeightsFile).string();
   SafetensorsFile file(wpath);
+  {
+    std::map<std::string, std::vector<int64_t>> shapes;
+    for (const auto& info : file.infos()) shapes[info.name] = info.shape;
+    if (const auto problems = cfg->check_file_shapes(shapes); !problems.empty()) {
+      auto msg = fmt::format("adapter '{}': adapter_config.json does not fit '{}' (nothing was loaded):", dir.string(), wpath);
+      for (const auto& p : problems) msg += "\n  - " + p;
+      throw AdapterError(msg);
+    }
+  }
 
   auto plan = detail::plan_tuners(model, cfg, adapter);
 
@@ -217,6 +226,7 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
 
   // Read and convert everything first, then write into the (still detached) tuners and the model.
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+  std::vector<std::string> copy_keys;
   for (const Entry* e : todo) {
     auto src = file.tensor(e->key);
     int64_t at = 0;
@@ -224,8 +234,15 @@ inline AttachResult load_adapter(ModelRef model, const std::filesystem::path& di
       auto piece = e->parts.size() == 1 ? src : src.narrow(jdim, at, d.target.size(jdim));
       at += e->parts.size() == 1 ? 0 : d.target.size(jdim);
       copies.emplace_back(d.target, piece.to(d.target.device(), d.target.scalar_type()));
+      copy_keys.push_back(e->key);
     }
   }
+  // modules_to_save: the values go to the adapter's own copies, not to the module's current ones.
+  detail::add_saved_copies(model, *cfg, adapter);
+  std::map<std::string, at::Tensor> own_copy;
+  for (const auto& [k, t] : detail::saved_module_tensors(model, *cfg, adapter)) own_copy[prefix + k] = t;
+  for (std::size_t i = 0; i < copies.size(); ++i)
+    if (auto it = own_copy.find(copy_keys[i]); it != own_copy.end()) copies[i].first = it->second;
   {
     torch::NoGradGuard g;
     for (auto& [dst, src] : copies) dst.copy_(src);

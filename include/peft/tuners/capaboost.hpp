@@ -130,8 +130,9 @@ class CapaBoostConfig : public AdapterConfig {
   }
   static std::shared_ptr<CapaBoostConfig> from_json(const nlohmann::ordered_json& j, const std::string& source) {
     auto it = j.find("base_config");
-    if (it == j.end() || !it->is_object() || !it->contains("peft_type"))
-      throw ConfigError("'" + source + "': CAPABOOST needs an object 'base_config' with the inner method's config");
+    if (it == j.end() || !it->is_object() || !it->contains("peft_type") || !(*it)["peft_type"].is_string())
+      throw ConfigError("'" + source + "': CAPABOOST needs an object 'base_config' with the inner method's config "
+                        "(a string 'peft_type' and its fields)");
     const auto type = (*it)["peft_type"].get<std::string>();
     std::shared_ptr<CapaBoostConfig> c;
     if (type == "LORA") c = std::make_shared<CapaBoostConfig>(LoraConfig::from_json(*it, source + " base_config"));

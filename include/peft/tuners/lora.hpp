@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <regex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -127,6 +128,27 @@ class LoraConfig : public AdapterConfig {
     return AdapterConfig::targets(slot, name);
   }
 
+  /// Every lora_A tensor's rank (its first dimension) must be r or a rank_pattern value.
+  std::vector<std::string> check_file_shapes(const std::map<std::string, std::vector<int64_t>>& shapes) const override {
+    std::vector<std::string> problems;
+    std::set<int64_t> ranks{r_};
+    for (const auto& [k, v] : rank_pattern_) ranks.insert(v);
+    auto join_ranks = [&] {
+      std::string out;
+      for (auto v : ranks) out += (out.empty() ? "" : ", ") + std::to_string(v);
+      return out;
+    };
+    for (const auto& [key, shape] : shapes) {
+      if (key.find("lora_A") == std::string::npos && key.find("lora_embedding_A") == std::string::npos) continue;
+      if (shape.empty() || !ranks.count(shape[0]))
+        problems.push_back("tensor '" + key + "' has rank " + (shape.empty() ? std::string("?") : std::to_string(shape[0])) +
+                           " (its first dimension), but adapter_config.json allows only " + join_ranks() +
+                           " (r and rank_pattern)");
+      if (problems.size() >= 3) break;
+    }
+    return problems;
+  }
+
   std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
                                                 const std::shared_ptr<const AdapterConfig>& self) const override;
 
@@ -182,9 +204,13 @@ class LoraConfig : public AdapterConfig {
       if (it == j.end() || it->is_null()) return;
       if (!it->is_object()) throw ConfigError("'" + source + "': field '" + key + "' must be an object");
       for (auto e = it->begin(); e != it->end(); ++e) {
-        if (!e.value().is_number())
-          throw ConfigError("'" + source + "': " + key + "['" + e.key() + "'] must be a number, received " + e.value().dump());
-        out.emplace_back(e.key(), e.value().get<typename std::decay_t<decltype(out)>::value_type::second_type>());
+        using V = typename std::decay_t<decltype(out)>::value_type::second_type;
+        constexpr bool integral = std::is_integral_v<V>;
+        if (!e.value().is_number() || (integral && !detail::holds_integer(e.value())))
+          throw ConfigError("'" + source + "': field '" + key + "': ['" + e.key() + "'] must be " +
+                            (integral ? "an integer" : "a number") + ", received " + e.value().dump());
+        if constexpr (integral) out.emplace_back(e.key(), static_cast<V>(detail::to_int64(e.value())));
+        else out.emplace_back(e.key(), e.value().get<V>());
       }
     };
     read_patterns("rank_pattern", c.rank_pattern_);

@@ -5,21 +5,75 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace peft::detail {
 
 using ojson = nlohmann::ordered_json;
 
-/// Reads `key` from `j` as T; a missing key or null keeps `value`. A wrong type is a ConfigError that
-/// names the source and the field.
+template <class T>
+struct is_int_list : std::false_type {};
+template <class U>
+struct is_int_list<std::vector<U>> : std::is_integral<U> {};
+template <class T>
+struct is_int_map : std::false_type {};
+template <class K, class U>
+struct is_int_map<std::map<K, U>> : std::is_integral<U> {};
+
+/// Whether `v` holds an integer that fits int64: nlohmann converts 2.5 to an int by truncation, which
+/// would turn a config's `"r": 2.5` into rank 2 without a word. A float with an integral value (8.0)
+/// is accepted, as Python would.
+inline bool holds_integer(const ojson& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX);
+  if (v.is_number_integer()) return true;
+  if (!v.is_number_float()) return false;
+  const double d = v.get<double>();
+  return std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e18;
+}
+inline int64_t to_int64(const ojson& v) {
+  return v.is_number_float() ? static_cast<int64_t>(v.get<double>()) : v.get<int64_t>();
+}
+
+/// Reads `key` from `j` as T; a missing key or null keeps `value`. A wrong type (also a fractional
+/// number for an integer field) is a ConfigError that names the source, the field and what came.
 template <class T>
 void read_field(const ojson& j, const char* key, T& value, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return;
+  auto fail = [&](const char* expected) {
+    throw ConfigError("'" + source + "': field '" + key + "' must be " + expected + ", received " + it->dump());
+  };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!holds_integer(*it)) fail("an integer");
+    const int64_t v = to_int64(*it);
+    if (v < static_cast<int64_t>(std::numeric_limits<T>::min()) || static_cast<uint64_t>(v) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+      fail("an integer in range");
+    value = static_cast<T>(v);
+    return;
+  } else if constexpr (is_int_list<T>::value) {
+    if (!it->is_array() || !std::all_of(it->begin(), it->end(), holds_integer)) fail("a list of integers");
+  } else if constexpr (is_int_map<T>::value) {
+    if (!it->is_object() || !std::all_of(it->begin(), it->end(), holds_integer)) fail("an object of integers");
+  }
   try {
-    value = it->get<T>();
+    if constexpr (is_int_list<T>::value) {
+      T out;
+      for (const auto& e : *it) out.push_back(static_cast<typename T::value_type>(to_int64(e)));
+      value = std::move(out);
+    } else if constexpr (is_int_map<T>::value) {
+      T out;
+      for (const auto& [k, e] : it->items()) out[k] = static_cast<typename T::mapped_type>(to_int64(e));
+      value = std::move(out);
+    } else {
+      value = it->get<T>();
+    }
   } catch (const nlohmann::json::exception&) {
     throw ConfigError("'" + source + "': field '" + key + "' has the wrong type (received " + it->dump() + ")");
   }
@@ -29,7 +83,7 @@ void read_field(const ojson& j, const char* key, T& value, const std::string& so
 inline std::vector<int64_t> read_int_list(const ojson& j, const char* key, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return {};
-  if (it->is_number_integer()) return {it->get<int64_t>()};
+  if (it->is_number() && holds_integer(*it)) return {to_int64(*it)};
   std::vector<int64_t> v;
   read_field(j, key, v, source);
   return v;
