@@ -4,6 +4,7 @@
 # script: run it before a release, or after touching memory-sensitive code.
 #   ./scripts/sanitize.sh            configure, build, run every test executable's cases
 #   ./scripts/sanitize.sh -- '[io]'  pass Catch2 arguments through
+# PEFT_JOBS sets the build parallelism (default: every core).
 # Exit status 0 only with zero sanitizer findings and every case passing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=cl
   -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" -DPEFT_BUILD_BENCHMARKS=OFF -DPEFT_BUILD_EXAMPLES=ON
 phase "build"
-cmake --build "$build" -j "$(nproc)" --target peft_tests peft_hf_tests peft-cli
+cmake --build "$build" -j "${PEFT_JOBS:-$(nproc)}" --target peft_tests peft_hf_tests peft-cli
 # LibTorch is not instrumented: its own allocations are not checked, and leak checking would report
 # its process-lifetime caches, so it is off. Everything the library and the tests do is checked.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1
