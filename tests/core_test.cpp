@@ -467,5 +467,9 @@ TEST_CASE("training helpers: AdamW groups, warmup + cosine, evaluation, progress
   while (std::getline(lines, line)) got.push_back(nlohmann::json::parse(line));
   REQUIRE(got.size() == 2);
   CHECK(got[1]["loss"] == 0.25);
-  CHECK(peft::train::rss().peak >= peft::train::rss().current);
+  // One reading: two calls race with the process's own allocations (found under ASan, whose
+  // allocator grew the RSS between them).
+  const auto mem = peft::train::rss();
+  CHECK(mem.peak >= mem.current);
+  CHECK(mem.current > 0);
 }
