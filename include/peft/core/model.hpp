@@ -255,11 +255,7 @@ inline std::vector<std::pair<NamedSlot, std::shared_ptr<torch::nn::Module>>> pla
     ModelRef model, const std::shared_ptr<AdapterConfig>& config, const std::string& adapter) {
   check_adapter_name(adapter);
   config->validate();
-  {
-    const auto rules = config->target_rules();
-    rules.target_modules.check("target_modules");
-    rules.exclude_modules.check("exclude_modules");
-  }
+  config->target_rules().check();
   auto slots = tunable_slots(model);
   for (const auto& s : slots)
     if (s.slot->adapter(adapter))

@@ -124,6 +124,12 @@ struct TargetRules {
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> layers_pattern;
 
+  /// Throws ConfigError when target_modules or exclude_modules is a regex that does not compile.
+  void check() const {
+    target_modules.check("target_modules");
+    exclude_modules.check("exclude_modules");
+  }
+
   /// True when `name` is targeted (before any op-kind filtering such as all-linear).
   bool matches(const std::string& name) const {
     if (exclude_modules.matches(name)) return false;

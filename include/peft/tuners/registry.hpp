@@ -125,9 +125,7 @@ inline std::shared_ptr<AdapterConfig> config_from_json(const nlohmann::ordered_j
   auto cfg = MethodRegistry::global().at(it->get<std::string>(), source).from_json(j, source);
   try {
     cfg->validate();
-    const auto rules = cfg->target_rules();
-    rules.target_modules.check("target_modules");
-    rules.exclude_modules.check("exclude_modules");
+    cfg->target_rules().check();
   } catch (const ConfigError& e) {
     throw ConfigError(fmt::format("'{}': {}", source, e.message()));
   }

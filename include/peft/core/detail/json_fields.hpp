@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -22,10 +21,6 @@ template <class T>
 struct is_int_list : std::false_type {};
 template <class U>
 struct is_int_list<std::vector<U>> : std::is_integral<U> {};
-template <class T>
-struct is_int_map : std::false_type {};
-template <class K, class U>
-struct is_int_map<std::map<K, U>> : std::is_integral<U> {};
 
 /// Whether `v` holds an integer that fits int64: nlohmann converts 2.5 to an int by truncation, which
 /// would turn a config's `"r": 2.5` into rank 2 without a word. A float with an integral value (8.0)
@@ -59,17 +54,11 @@ void read_field(const ojson& j, const char* key, T& value, const std::string& so
     return;
   } else if constexpr (is_int_list<T>::value) {
     if (!it->is_array() || !std::all_of(it->begin(), it->end(), holds_integer)) fail("a list of integers");
-  } else if constexpr (is_int_map<T>::value) {
-    if (!it->is_object() || !std::all_of(it->begin(), it->end(), holds_integer)) fail("an object of integers");
   }
   try {
     if constexpr (is_int_list<T>::value) {
       T out;
       for (const auto& e : *it) out.push_back(static_cast<typename T::value_type>(to_int64(e)));
-      value = std::move(out);
-    } else if constexpr (is_int_map<T>::value) {
-      T out;
-      for (const auto& [k, e] : it->items()) out[k] = static_cast<typename T::mapped_type>(to_int64(e));
       value = std::move(out);
     } else {
       value = it->get<T>();
@@ -83,7 +72,7 @@ void read_field(const ojson& j, const char* key, T& value, const std::string& so
 inline std::vector<int64_t> read_int_list(const ojson& j, const char* key, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return {};
-  if (it->is_number() && holds_integer(*it)) return {to_int64(*it)};
+  if (holds_integer(*it)) return {to_int64(*it)};
   std::vector<int64_t> v;
   read_field(j, key, v, source);
   return v;
