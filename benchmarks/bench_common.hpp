@@ -1,12 +1,19 @@
 #pragma once
 // What the benchmark programs share: timing medians and the machine/date stamp of their reports.
 
+#include <peft/core/detail/compat.hpp>
+
 #include <torch/cuda.h>
+#if PEFT_TORCH2
+#include <torch/csrc/autograd/profiler_kineto.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -34,6 +41,28 @@ double median_ms(F&& f, int warmup, int reps, bool cuda = false) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+/// Runs `f` `reps` times under LibTorch's Kineto profiler (CPU ops, and CUDA kernels when `cuda`) and
+/// writes a Chrome trace to `path` (benchmarks/profile_summary.py reads it). LibTorch 2.x only.
+template <class F>
+void profile_to(const std::string& path, F&& f, int reps, bool cuda) {
+#if PEFT_TORCH2
+  namespace P = torch::autograd::profiler;
+  namespace I = torch::profiler::impl;
+  I::ProfilerConfig cfg(I::ProfilerState::KINETO);
+  std::set<I::ActivityType> acts{I::ActivityType::CPU};
+  if (cuda) acts.insert(I::ActivityType::CUDA);
+  if (cuda) torch::cuda::synchronize();
+  P::prepareProfiler(cfg, acts);
+  P::enableProfiler(cfg, acts);
+  for (int i = 0; i < reps; ++i) f();
+  if (cuda) torch::cuda::synchronize();
+  P::disableProfiler()->save(path);
+#else
+  (void)path, (void)f, (void)reps, (void)cuda;
+  throw std::runtime_error("--profile needs LibTorch 2.x (Kineto)");
+#endif
 }
 
 /// The CPU's model name from /proc/cpuinfo.

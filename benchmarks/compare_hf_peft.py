@@ -54,6 +54,22 @@ def median_ms(fn, warmup, reps, cuda):
     return statistics.median(times)
 
 
+def profile_to(path, fn, cuda, reps=3):
+    """Records `reps` calls of fn with torch.profiler into a Chrome trace (profile_summary.py reads it)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=acts) as prof:
+        for _ in range(reps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(path)
+
+
 def build_python_model(name, seq):
     import transformers
 
@@ -66,12 +82,12 @@ def build_python_model(name, seq):
         return transformers.LlamaModel(cfg), ["q_proj", "v_proj"]
     cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                   num_attention_heads=heads, intermediate_size=4 * hidden,
-                                  max_position_embeddings=max(512, seq), hidden_dropout_prob=0.0,
+                                  max_position_embeddings=max(512, seq + 32), hidden_dropout_prob=0.0,
                                   attention_probs_dropout_prob=0.0)
     return transformers.BertModel(cfg, add_pooling_layer=False), ["query", "value"]
 
 
-def time_python(name, device, dtype, batch, seq, warmup, reps):
+def time_python(name, device, dtype, batch, seq, warmup, reps, profile=None, fused=False):
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -87,11 +103,15 @@ def time_python(name, device, dtype, batch, seq, warmup, reps):
     model.eval()
     with torch.no_grad():
         base_ms = median_ms(lambda: model(input_ids=ids), warmup, reps, cuda)
+        if profile:
+            profile_to(f"{profile}/py_{name}_infer_base.json", lambda: model(input_ids=ids), cuda)
 
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
                                                   init_lora_weights=False))
     peft_model.train()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    # fused=True where the C++ side fuses its step too (CUDA): PyTorch's fastest AdamW, not its default.
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01,
+                            fused=fused or None)
 
     def step():
         opt.zero_grad()
@@ -100,23 +120,31 @@ def time_python(name, device, dtype, batch, seq, warmup, reps):
         opt.step()
 
     step_ms = median_ms(step, warmup, reps, cuda)
+    if profile:
+        profile_to(f"{profile}/py_{name}_train_lora_qv.json", step, cuda)
     peft_model.eval()
     with torch.no_grad():
         unmerged_ms = median_ms(lambda: peft_model(input_ids=ids), warmup, reps, cuda)
+        if profile:
+            profile_to(f"{profile}/py_{name}_infer_unmerged.json", lambda: peft_model(input_ids=ids), cuda)
         merged = peft_model.merge_and_unload()
         merged_ms = median_ms(lambda: merged(input_ids=ids), warmup, reps, cuda)
+        if profile:
+            profile_to(f"{profile}/py_{name}_infer_merged.json", lambda: merged(input_ids=ids), cuda)
     del opt, peft_model, merged, model
     if cuda:
         torch.cuda.empty_cache()
     return {"step_ms": step_ms, "base_ms": base_ms, "lora_unmerged_ms": unmerged_ms, "lora_merged_ms": merged_ms}
 
 
-def time_cpp(bench, name, device, dtype, batch, seq, warmup, reps, threads):
+def time_cpp(bench, name, device, dtype, batch, seq, warmup, reps, threads, profile=None):
     with tempfile.TemporaryDirectory() as out:
         dev = device.split(":")[0]
+        # dropout 0 as in the Python model's config (BERT's default is 0.1: the C++ side would draw masks)
         cmd = [bench, "--config", name, "--device", dev, "--dtype", dtype, "--methods", "lora_qv", "--skip-full",
+               "--dropout", "0",
                "--batch", str(batch), "--seq", str(seq), "--warmup", str(warmup), "--reps", str(reps),
-               "--threads", str(threads), "--out", out]
+               "--threads", str(threads), "--out", out] + (["--profile", profile] if profile else [])
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(out, f"method_bench_{name}_{dev}.json")) as f:
             j = json.load(f)
@@ -138,6 +166,9 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default="benchmarks/results/compare_hf_peft_cpu", help="path without extension")
+    ap.add_argument("--profile", default=None,
+                    help="folder: also record each cell with the profilers (<folder>/<config>_b<batch>/{cpp,py}_*.json); "
+                         "summarize with benchmarks/profile_summary.py")
     args = ap.parse_args()
 
     import torch
@@ -151,8 +182,13 @@ def main():
     for name in args.configs:
         seq = args.seq or SHAPES[name][3]
         for batch in args.batches or [SHAPES[name][4]]:
-            py = time_python(name, args.device, args.dtype, batch, seq, args.warmup, args.reps)
-            cpp = time_cpp(args.bench, name, args.device, args.dtype, batch, seq, args.warmup, args.reps, args.threads)
+            prof = None
+            if args.profile:
+                prof = os.path.join(args.profile, f"{name}_b{batch}")
+                os.makedirs(prof, exist_ok=True)
+            py = time_python(name, args.device, args.dtype, batch, seq, args.warmup, args.reps, prof, fused=cuda)
+            cpp = time_cpp(args.bench, name, args.device, args.dtype, batch, seq, args.warmup, args.reps, args.threads,
+                           prof)
             row = {"config": name, "batch": batch, "seq": seq, "python": py, "cpp": {k: cpp[k] for k in METRICS},
                    "ratio": {k: cpp[k] / py[k] for k in METRICS}, "libtorch": cpp["libtorch"]}
             rows.append(row)
@@ -162,7 +198,9 @@ def main():
               "device": device_name, "dtype": args.dtype, "threads": args.threads, "torch": torch.__version__,
               "libtorch": rows[0]["libtorch"] if rows else None, "transformers": transformers.__version__,
               "peft": peft.__version__, "python": platform.python_version(), "warmup": args.warmup, "reps": args.reps,
-              "method": "LoRA r=8 alpha=16 on attention query/value, dropout 0", "rows": rows}
+              "method": "LoRA r=8 alpha=16 on attention query/value, dropout 0",
+              "optimizer": "AdamW, fused on both sides" if cuda else "AdamW (PyTorch's default foreach; LibTorch's loop)",
+              "rows": rows}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
@@ -172,7 +210,7 @@ def main():
         cells = [f"{r['cpp'][k]:.2f} / {r['python'][k]:.2f} | {r['ratio'][k]:.3f}" for k in METRICS]
         md.append(f"| {r['config']} (seq {r['seq']}) | {r['batch']} | " + " | ".join(cells) + " |")
     md.append("")
-    md.append(f"{result['method']}; {args.dtype} on {device_name}, {args.threads} threads; torch {torch.__version__} "
+    md.append(f"{result['method']}; {result['optimizer']}; {args.dtype} on {device_name}, {args.threads} threads; torch {torch.__version__} "
               f"(C++: its LibTorch {result['libtorch']}), transformers {transformers.__version__}, peft {peft.__version__}, "
               f"Python {result['python']}; median of {args.reps} after {args.warmup} warm-up; {result['date']}.")
     with open(args.out + ".md", "w") as f:

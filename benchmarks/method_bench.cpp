@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -41,6 +42,7 @@ struct Shape {
   int64_t hidden, layers, heads, seq, batch, vocab;
   bool llama = false;        // LlamaModel (pre-norm, SwiGLU, RoPE, GQA) instead of BertModel
   int64_t kv_heads = 0, intermediate = 0;
+  double dropout = -1;       // BERT's hidden and attention dropout; < 0: the config's default (0.1)
 };
 // The CPU shapes use a small vocabulary so that the encoder, not the embedding table, is what they measure.
 const std::map<std::string, Shape>& shapes() {
@@ -66,7 +68,9 @@ Model build(const Shape& sh) {
   }
   M::BertConfig bc;
   bc.vocab_size = sh.vocab, bc.hidden_size = sh.hidden, bc.num_hidden_layers = sh.layers, bc.num_attention_heads = sh.heads;
-  bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq);
+  // Room for prefix tuning's 20 virtual tokens: BERT places the real tokens after them (as transformers does).
+  bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq + 32);
+  if (sh.dropout >= 0) bc.hidden_dropout_prob = bc.attention_probs_dropout_prob = sh.dropout;
   auto m = std::make_shared<M::BertModelImpl>(bc, false);
   return {m, [m](const torch::Tensor& ids) { return m->forward(ids).last_hidden_state; }};
 }
@@ -121,9 +125,17 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-full", skip_full, "leave full fine-tuning out (ratios to it are then not reported)");
   std::string suffix;
   app.add_option("--suffix", suffix, "appended to the output file names (method_bench_<config>_<device><suffix>)");
+  double dropout = -1;
+  app.add_option("--dropout", dropout, "BERT's hidden and attention dropout instead of the config's 0.1")
+      ->check(CLI::Range(0.0, 0.99));
+  std::string profile;
+  app.add_option("--profile", profile,
+                 "folder: after timing, record 3 training steps of each method and 3 forwards of each inference "
+                 "variant with LibTorch's profiler (Chrome traces; benchmarks/profile_summary.py reads them)");
   CLI11_PARSE(app, argc, argv);
   try {
     torch::set_num_threads(static_cast<int>(threads));
+    if (!profile.empty()) std::filesystem::create_directories(profile);
     const bool cuda = device == "cuda";
     if (cuda && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device available");
     const torch::Device dev = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
@@ -131,6 +143,7 @@ int main(int argc, char** argv) {
     auto sh = shapes().at(config);
     if (batch > 0) sh.batch = batch;
     if (seq > 0) sh.seq = seq;
+    sh.dropout = dropout;
     torch::manual_seed(0);
     auto ids = torch::randint(103, sh.vocab, {sh.batch, sh.seq}, torch::kLong);
     ids.select(1, 0).fill_(101);
@@ -192,6 +205,7 @@ int main(int argc, char** argv) {
           r.peak_mb = static_cast<double>(std::max<int64_t>(0, peft::train::rss().peak - cpu_before)) / 1e6;
         }
         r.step_ms = bench::median_ms(step, warmup, reps, cuda);
+        if (!profile.empty()) bench::profile_to(profile + "/cpp_" + config + "_train_" + v.name + ".json", step, 3, cuda);
       }
       fmt::print(stderr, "{:<18} step {:8.1f} ms  peak +{:7.1f} MB  optimizer {:8.2f} MB  trainable {}\n", r.name, r.step_ms,
                  r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, r.trainable);
@@ -208,12 +222,18 @@ int main(int argc, char** argv) {
     torch::NoGradGuard g;
     auto infer = [&] { built.forward(ids); };
     const double base_ms = bench::median_ms(infer, warmup, reps, cuda);
+    auto profile_infer = [&](const char* what) {
+      if (!profile.empty()) bench::profile_to(profile + "/cpp_" + config + "_infer_" + what + ".json", infer, 3, cuda);
+    };
+    profile_infer("base");
     peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules(sh.llama ? std::vector<std::string>{"q_proj", "v_proj"}
                                                                                  : std::vector<std::string>{"query", "value"})
                            .init_lora_weights(false));
     const double unmerged_ms = bench::median_ms(infer, warmup, reps, cuda);
+    profile_infer("unmerged");
     peft::merge_adapter(model);
     const double merged_ms = bench::median_ms(infer, warmup, reps, cuda);
+    profile_infer("merged");
     fmt::print(stderr, "inference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x)\n", base_ms,
                unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
 

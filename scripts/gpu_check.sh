@@ -6,7 +6,8 @@
 #   scripts/gpu_check.sh test      the whole CTest suite, CUDA cases included
 #   scripts/gpu_check.sh unit      the test binary's cases only (quicker: no consumers, fuzzer, examples)
 #   scripts/gpu_check.sh bench     method_bench on CUDA: bert-base fp32 and bf16, llama-1b bf16
-#   scripts/gpu_check.sh compare   benchmarks/compare_hf_peft.py --device cuda --dtype bfloat16, batch 1/8/32
+#   scripts/gpu_check.sh compare   benchmarks/compare_hf_peft.py --device cuda --dtype bfloat16, batch 1/8/32,
+#                                  each cell also profiled on both sides (profile_summary_cuda_<gpu>.md)
 #
 # The header-only packages the build needs (nlohmann-json, CLI11, Catch2 v2, zlib's headers) and
 # Fashion-MNIST come from a folder .devdeps/ made on a Debian machine that has them:
@@ -55,12 +56,13 @@ fi
 gpu_tag=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o -i -E 'h100|h200|a100|l4|l40s' | head -1 | tr 'A-Z' 'a-z')
 gpu_tag=${gpu_tag:-gpu}
 
+status=0
 for phase in "${phases[@]}"; do
 case "$phase" in
   test | unit)
     # unit: the test binary's cases only (CUDA ones included), no consumer builds, fuzzer, examples or benchmarks.
     target=(); exclude=()
-    [ "$phase" = unit ] && target=(--target peft_tests) && exclude=(-E 'consumer|fuzz|example|benchmark')
+    [ "$phase" = unit ] && target=(--target peft_tests peft_hf_tests) && exclude=(-E 'consumer|fuzz|example|benchmark|cli')
     stamp build
     cmake --build "$build" -j "$(nproc)" "${target[@]}" > "$out/build.log" 2>&1 || { grep -E 'error|Error' "$out/build.log" | head -40; exit 1; }
     stamp ctest
@@ -68,7 +70,7 @@ case "$phase" in
     rc=$?
     grep -E 'tests passed|tests failed|Skipped|Failed|\*\*\*|Total Test' "$out/ctest.log" | tail -40
     stamp done
-    [ $rc -eq 0 ] || exit $rc ;;
+    [ $rc -eq 0 ] || status=$rc ;;  # the phases after it still run
   bench)
     stamp build
     cmake --build "$build" -j "$(nproc)" --target method_bench > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
@@ -85,11 +87,13 @@ case "$phase" in
     stamp compare
     PYTHONUNBUFFERED=1 python3 benchmarks/compare_hf_peft.py --bench "$build/benchmarks/method_bench" --device cuda \
       --dtype bfloat16 --configs bert-base llama-1b --batches 1 8 32 --seq 512 --warmup 3 --reps 10 \
-      --out "$out/compare_hf_peft_cuda_${gpu_tag}" 2>&1 | tee "$out/compare.log"
+      --out "$out/compare_hf_peft_cuda_${gpu_tag}" --profile "$build/profile" 2>&1 | tee "$out/compare.log"
+    stamp "profile summary"
+    python3 benchmarks/profile_summary.py "$build/profile" --out "$out/profile_summary_cuda_${gpu_tag}.md" > /dev/null
     stamp done ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
 done
 # The device tool brings back at most 8 files: pack the results into one archive beside the logs.
 (cd "$out" && ls *.json *.md >/dev/null 2>&1 && tar czf results.tar.gz *.json *.md && rm -f *.json *.md)
-exit 0
+exit $status

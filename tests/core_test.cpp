@@ -405,6 +405,55 @@ TEST_CASE("the README's tour network gives the report line the README shows", "[
   CHECK(peft::trainable_report(net) == "trainable params: 21,514 || all params: 546,314 || trainable%: 3.9380");
 }
 
+TEST_CASE("peft::train::AdamW: the fused step is torch::optim::AdamW's step", "[train][adamw]") {
+  // Two identical LoRA models, one stepped by torch::optim::AdamW's loop, one by the fused kernel, with
+  // both parameter groups (decay and none), a learning-rate change between steps, and a parameter whose
+  // gradient is missing in one step (skipped by both).
+  auto make = [] {
+    torch::manual_seed(12);
+    ToyModel m;
+    peft::attach(m, peft::LoraConfig().r(2).target_modules({"fc1"}).modules_to_save({"head"}).init_lora_weights(false));
+    return m;
+  };
+  ToyModel a = make(), b = make();
+  auto loop = peft::train::make_adamw(a, 1e-2, 0.1);
+  loop.fused(peft::train::AdamW::Fused::never);
+  CHECK_FALSE(loop.fuses());
+  auto fused = peft::train::make_adamw(b, 1e-2, 0.1);
+#if PEFT_HAS_FUSED_ADAMW
+  fused.fused(peft::train::AdamW::Fused::always);
+#else
+  CHECK_THROWS_AS(fused.fused(peft::train::AdamW::Fused::always), peft::StateError);
+#endif
+  CHECK(peft::train::make_adamw(b, 1e-2).fuses() == false);  // no gradients yet; the CPU is not fused by default
+  auto x = torch::randint(0, 32, {4, 5}, torch::kLong);
+  for (int step = 0; step < 4; ++step) {
+    for (auto* o : {&loop, &fused}) {
+      o->zero_grad();
+      for (auto& g : o->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(1e-2 / (step + 1));
+    }
+    a->forward(x).pow(2).mean().backward();
+    b->forward(x).pow(2).mean().backward();
+    if (step == 2)  // one parameter without a gradient this step
+      for (auto* m : {&a, &b})
+        for (auto& kv : (*m)->named_parameters())
+          if (kv.key().find("lora_B") != std::string::npos) kv.value().mutable_grad().reset();
+#if PEFT_HAS_FUSED_ADAMW
+    CHECK(fused.fuses());
+#endif
+    loop.step();
+    fused.step();
+  }
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& kv : pa) {
+    INFO(kv.key());
+    CHECK(torch::allclose(pb[kv.key()], kv.value(), 1e-6, 1e-7));
+  }
+  CHECK(peft::train::optimizer_state_bytes(fused) == peft::train::optimizer_state_bytes(loop));
+  for (const auto& kv : fused.state())
+    CHECK(static_cast<const torch::optim::AdamWParamState&>(*kv.second).step() >= 3);
+}
+
 TEST_CASE("training helpers: AdamW groups, warmup + cosine, evaluation, progress-free logs", "[train]") {
   torch::manual_seed(11);
   ToyModel model;

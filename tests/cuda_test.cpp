@@ -123,6 +123,92 @@ TEST_CASE("CUDA: LoRA on a Linear computes what it computes on the CPU, forward 
   CHECK(rel_err(y16, yc) < 2e-2);
 }
 
+TEST_CASE("CUDA: the fused RMSNorm and grouped-query attention kernels agree with the formulas", "[cuda][kernels]") {
+  if (!cuda_or_skip()) return;
+  namespace F = peft::nn::functional;
+  torch::manual_seed(32);
+  for (auto dt : {torch::kFloat, torch::kBFloat16}) {
+    INFO(c10::toString(dt));
+    const double tol = dt == torch::kFloat ? 1e-5 : 2e-2;
+    // RMSNorm: LLaMA's formula in double on the CPU against LibTorch's fused kernel on the GPU.
+    auto x = torch::randn({3, 7, 64}, torch::kDouble), w = 1 + 0.1 * torch::randn({64}, torch::kDouble);
+    auto probe = torch::randn({3, 7, 64}, torch::kDouble);
+    auto xr = x.clone().requires_grad_(true), wr = w.clone().requires_grad_(true);
+    (F::rms_norm(xr, wr, 1e-6) * probe).sum().backward();
+    auto xg = x.to(kCuda, dt).requires_grad_(true), wg = w.to(kCuda, dt).requires_grad_(true);
+    auto yg = F::rms_norm(xg, wg, 1e-6);
+    CHECK(yg.scalar_type() == dt);
+    CHECK(rel_err(yg, F::rms_norm(x, w, 1e-6)) < tol);
+    (yg.to(torch::kFloat) * probe.to(kCuda, torch::kFloat)).sum().backward();
+    CHECK(rel_err(xg.grad(), xr.grad()) < tol);
+    CHECK(rel_err(wg.grad(), wr.grad()) < tol);
+
+    // Grouped-query attention (8 query heads over 2 key/value heads), causal, no mask: in bf16 the flash
+    // kernel reads the grouped heads directly; the reference repeats them, in double on the CPU.
+    auto q = torch::randn({2, 8, 16, 64}, torch::kDouble), k = torch::randn({2, 2, 16, 64}, torch::kDouble),
+         v = torch::randn({2, 2, 16, 64}, torch::kDouble), go = torch::randn({2, 8, 16, 64}, torch::kDouble);
+    auto qr = q.clone().requires_grad_(true), kr = k.clone().requires_grad_(true), vr = v.clone().requires_grad_(true);
+    (F::attend(qr, kr, vr, {}, true, 0.0) * go).sum().backward();
+    auto qg = q.to(kCuda, dt).requires_grad_(true), kg = k.to(kCuda, dt).requires_grad_(true),
+         vg = v.to(kCuda, dt).requires_grad_(true);
+#if PEFT_HAS_SDPA_GQA
+    if (dt == torch::kBFloat16)  // the case is meant to take the grouped path on a recent GPU
+      CHECK(at::_fused_sdp_choice(qg, kg, vg, {}, 0.0, true, c10::nullopt, true) > 0);
+#endif
+    auto og = F::attend(qg, kg, vg, {}, true, 0.0);
+    REQUIRE(og.sizes() == q.sizes());
+    (og.to(torch::kFloat) * go.to(kCuda, torch::kFloat)).sum().backward();
+    CHECK(rel_err(og, F::attend(q, k, v, {}, true, 0.0)) < tol);
+    CHECK(rel_err(qg.grad(), qr.grad()) < tol);
+    CHECK(rel_err(kg.grad(), kr.grad()) < tol);
+    CHECK(rel_err(vg.grad(), vr.grad()) < tol);
+    // Rotary embeddings: the GPU's three-kernel form against the rotate-half formula in double on the CPU.
+    auto pos = torch::arange(16, torch::kLong);
+    const auto rot_cpu = peft::nn::rotary_tables(pos, 64, 10000.0, torch::kDouble);
+    const auto rot_gpu = peft::nn::rotary_tables(pos.to(kCuda), 64, 10000.0, dt);
+    auto qr2 = q.clone().requires_grad_(true), qg2 = q.to(kCuda, dt).requires_grad_(true);
+    (peft::nn::apply_rotary(qr2, rot_cpu) * go).sum().backward();
+    auto rg = peft::nn::apply_rotary(qg2, rot_gpu);
+    (rg.to(torch::kFloat) * go.to(kCuda, torch::kFloat)).sum().backward();
+    CHECK(rel_err(rg, peft::nn::apply_rotary(q, rot_cpu)) < tol);
+    CHECK(rel_err(qg2.grad(), qr2.grad()) < tol);
+    // One new query over 16 cached keys (decoding): bottom-right causal mask, the repeated path.
+    auto q1 = q.narrow(2, 15, 1);
+    CHECK(rel_err(F::attend(q1.to(kCuda, dt), kg.detach(), vg.detach(), {}, true, 0.0), F::attend(q1, k, v, {}, true, 0.0)) < tol);
+  }
+}
+
+TEST_CASE("CUDA: make_adamw fuses its step on the GPU and steps as the CPU loop does", "[cuda][adamw]") {
+  if (!cuda_or_skip()) return;
+  torch::manual_seed(33);
+  torch::nn::Sequential cpu;
+  cpu->push_back("fc", peft::Linear(64, 48));
+  peft::attach(cpu, peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc"}).bias("lora_only").init_lora_weights(false));
+  auto gpu = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(cpu->clone());
+  gpu->to(kCuda);
+  auto oc = peft::train::make_adamw(cpu, 1e-2, 0.1), og = peft::train::make_adamw(gpu, 1e-2, 0.1);
+  auto x = torch::randn({16, 64});
+  for (int step = 0; step < 5; ++step) {
+    oc.zero_grad();
+    og.zero_grad();
+    cpu->forward(x).pow(2).mean().backward();
+    gpu->forward(x.to(kCuda)).pow(2).mean().backward();
+    CHECK_FALSE(oc.fuses());
+#if PEFT_HAS_FUSED_ADAMW
+    CHECK(og.fuses());
+#endif
+    oc.step();
+    og.step();
+  }
+  // A cloned Sequential names its children "0", "1", ...: pair the parameters by order.
+  auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
+  REQUIRE(pc.size() == pg.size());
+  for (std::size_t i = 0; i < pc.size(); ++i) {
+    INFO(pc[i].key() << " / " << pg[i].key());
+    CHECK(rel_err(pg[i].value(), pc[i].value()) < 1e-5);
+  }
+}
+
 TEST_CASE("CUDA: merging and unmerging on the GPU", "[cuda][merge]") {
   if (!cuda_or_skip()) return;
   for (const auto& cfg : std::vector<std::shared_ptr<peft::AdapterConfig>>{

@@ -307,10 +307,13 @@ class TunableImpl : public SlotBase<Derived> {
 
   WeightSet base_weights() const override { return {weight, bias}; }
 
+  /// The frozen op on its own; a slot may replace it with an equivalent call (`Derived::frozen`).
+  at::Tensor frozen(const at::Tensor& h) const { return op_->forward(h); }
+
  protected:
   at::Tensor tuned_forward(const at::Tensor& x) {
     return this->frame(
-        x, [this](const at::Tensor& h) { return op_->forward(h); },
+        x, [this](const at::Tensor& h) { return static_cast<const Derived&>(*this).frozen(h); },
         [this](const at::Tensor& h, const WeightSet& w) { return static_cast<const Derived&>(*this).run(h, w); });
   }
 

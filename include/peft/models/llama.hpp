@@ -274,7 +274,7 @@ class LlamaForCausalLMImpl : public torch::nn::Cloneable<LlamaForCausalLMImpl>, 
   }
   at::Tensor logits(const at::Tensor& hidden) {
     if (lm_head) return lm_head(hidden);
-    return torch::nn::functional::linear(hidden, model->embed_tokens->weight);
+    return at::linear(hidden, model->embed_tokens->weight);
   }
   json config_json() const override {
     auto j = config.to_json();

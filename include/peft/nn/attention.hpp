@@ -98,6 +98,9 @@ class AttentionShape {
 /// Rotary position embedding tables, [B or 1, T, D] each (LLaMA's rotate-half convention).
 struct Rotary {
   at::Tensor cos, sin;
+  /// sin with its first half negated, so that rotate_half(x) * sin = swap_halves(x) * sin_rotated: lets
+  /// the CUDA path apply RoPE in three kernels instead of five (computed once per forward, not per layer).
+  at::Tensor sin_rotated;
   bool defined() const { return cos.defined(); }
 };
 
@@ -131,12 +134,20 @@ inline Rotary rotary_tables(const at::Tensor& position_ids, int64_t head_dim, do
   auto pos = position_ids.dim() == 1 ? position_ids.unsqueeze(0) : position_ids;
   auto freqs = pos.to(at::kFloat).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
   auto emb = at::cat({freqs, freqs}, -1);
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  auto sin = freqs.sin();
+  return {emb.cos().to(dtype), at::cat({sin, sin}, -1).to(dtype), at::cat({-sin, sin}, -1).to(dtype)};
 }
 
 /// Applies rotary embeddings to x [B, H, T, D].
 inline at::Tensor apply_rotary(const at::Tensor& x, const Rotary& r) {
   const int64_t half = x.size(-1) / 2;
+  if (x.is_cuda() && r.sin_rotated.defined()) {  // x cos + [x2, x1] [-sin, sin]: the same products, fewer passes
+    auto sizes = x.sizes().vec();
+    sizes.back() = 2;
+    sizes.push_back(half);
+    auto swapped = x.reshape(sizes).flip(-2).reshape(x.sizes());
+    return at::addcmul(x * r.cos.unsqueeze(1), swapped, r.sin_rotated.unsqueeze(1));
+  }
   auto rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * r.cos.unsqueeze(1) + rotated * r.sin.unsqueeze(1);
 }
@@ -178,9 +189,21 @@ struct AttentionInputs {
 
 namespace functional {
 
-/// softmax(q kᵀ / sqrt(D) + mask) v for q [B, H, T, D] and k, v [B, H, S, D].
-inline at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                         bool causal, double dropout_p) {
+/// Repeats each of H_kv key/value heads H/H_kv times (grouped-query attention).
+inline at::Tensor repeat_kv(const at::Tensor& x, int64_t groups) {
+  if (groups == 1) return x;
+  const auto b = x.size(0), h = x.size(1), s = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, h, groups, s, d}).reshape({b, h * groups, s, d});
+}
+
+/// softmax(q kᵀ / sqrt(D) + mask) v for q [B, H, T, D] and k, v [B, H_kv, S, D], H a multiple of H_kv
+/// (grouped-query attention: each key/value head serves H / H_kv query heads).
+inline at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& mask, bool causal,
+                         double dropout_p) {
+  const int64_t groups = k.size(1) > 0 ? q.size(1) / k.size(1) : 1;
+  if (k.size(1) * groups != q.size(1) || v.size(1) != k.size(1))
+    throw InputError("attention: " + std::to_string(q.size(1)) + " query heads do not divide into " +
+                     std::to_string(k.size(1)) + " key and " + std::to_string(v.size(1)) + " value heads");
   at::Tensor m = mask;
   if (causal && !m.defined() && q.size(-2) != k.size(-2)) {  // bottom-right aligned (cached decoding)
     m = make_attention_mask({}, q.size(-2), k.size(-2) - q.size(-2), true, q);
@@ -192,13 +215,23 @@ inline at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Ten
   if (backend == AttentionBackend::sdpa) {
     c10::optional<at::Tensor> opt;
     if (m.defined()) opt = m;
-    return at::scaled_dot_product_attention(q, k, v, opt, dropout_p, causal);
+#if PEFT_HAS_SDPA_GQA
+    // Without a mask the CUDA flash kernel reads grouped key/value heads as they are instead of copies
+    // repeated H / H_kv times (as transformers does). Only where a fused kernel takes them: otherwise
+    // (fp32, a mask, an old GPU) SDPA would fall back to its math path, slower than the copies.
+    if (groups > 1 && !m.defined() && q.is_cuda() &&
+        at::_fused_sdp_choice(q, k, v, opt, dropout_p, causal, c10::nullopt, /*enable_gqa=*/true) > 0)
+      return at::scaled_dot_product_attention(q, k, v, opt, dropout_p, causal, c10::nullopt, /*enable_gqa=*/true);
+#endif
+    return at::scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), opt, dropout_p, causal);
   }
 #else
   if (backend == AttentionBackend::sdpa)
     throw StateError("scaled_dot_product_attention needs LibTorch 2.x; this build uses " +
                      std::string(detail::torch_version()));
 #endif
+  k = repeat_kv(k, groups);
+  v = repeat_kv(v, groups);
   auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   if (m.defined()) {
     scores = scores + m;
@@ -211,13 +244,6 @@ inline at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Ten
   auto probs = at::softmax(scores, -1, at::promote_types(scores.scalar_type(), at::kFloat)).to(q.scalar_type());
   if (dropout_p > 0) probs = at::dropout(probs, dropout_p, true);
   return at::matmul(probs, v);
-}
-
-/// Repeats each of H_kv key/value heads H/H_kv times (grouped-query attention).
-inline at::Tensor repeat_kv(const at::Tensor& x, int64_t groups) {
-  if (groups == 1) return x;
-  const auto b = x.size(0), h = x.size(1), s = x.size(2), d = x.size(3);
-  return x.unsqueeze(2).expand({b, h, groups, s, d}).reshape({b, h * groups, s, d});
 }
 
 /// The shared core of every model's self-attention: projections -> heads -> rotary -> cache ->
@@ -273,8 +299,7 @@ inline at::Tensor self_attention(const at::Tensor& x, Linear& q_proj, Linear& k_
       mask = at::cat({at::zeros(sizes, mask.options()), mask}, 3);
     }
   }
-  const int64_t groups = heads / kv_heads;
-  auto out = attend(q, repeat_kv(k, groups), repeat_kv(v, groups), mask, causal, dropout_p);
+  auto out = attend(q, k, v, mask, causal, dropout_p);
   return out.transpose(1, 2).reshape({b, t, heads * head_dim});
 }
 

@@ -13,6 +13,7 @@
 ///       bar.update(s + 1, loss.item<double>());
 ///     }
 
+#include <peft/core/detail/compat.hpp>
 #include <peft/core/error.hpp>
 #include <peft/core/model.hpp>
 
@@ -32,8 +33,10 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -48,10 +51,112 @@ inline std::vector<at::Tensor> trainable_parameters(ModelRef model) {
   return out;
 }
 
+/// torch::optim::AdamW (same options, same math, same state, so it saves, loads and schedules the same)
+/// whose step can run LibTorch's fused multi-tensor kernel `_fused_adamw_` (LibTorch >= 2.4): one
+/// launch per parameter group, device and dtype instead of about eight per parameter. On CUDA with
+/// the full fine-tuning of a BERT-base that is ~1600 launches and as many passes over 100M+ elements
+/// replaced by one pass. `Fused::automatic` (the default) fuses where every parameter with a gradient
+/// is a dense floating tensor on CUDA; `Fused::always` also on the CPU (StateError where this LibTorch
+/// lacks the kernel); `Fused::never` is torch::optim::AdamW's own step. amsgrad is never fused.
+class AdamW : public torch::optim::AdamW {
+ public:
+  enum class Fused { automatic, always, never };
+  using torch::optim::AdamW::AdamW;
+
+  AdamW& fused(Fused f) {
+#if !PEFT_HAS_FUSED_ADAMW
+    if (f == Fused::always)
+      throw StateError(std::string("AdamW: the fused step needs LibTorch >= 2.4; this build uses ") + detail::torch_version());
+#endif
+    fused_ = f;
+    return *this;
+  }
+  Fused fused() const { return fused_; }
+  /// Whether the next step takes the fused kernel.
+  bool fuses() const {
+#if PEFT_HAS_FUSED_ADAMW
+    if (fused_ == Fused::never) return false;
+    bool any = false;
+    for (const auto& g : param_groups()) {
+      if (static_cast<const torch::optim::AdamWOptions&>(g.options()).amsgrad()) return false;
+      for (const auto& p : g.params()) {
+        if (!p.grad().defined()) continue;
+        if (!p.is_floating_point() || p.is_sparse() || p.grad().is_sparse() || p.grad().scalar_type() != p.scalar_type())
+          return false;
+        if (fused_ == Fused::automatic && !p.is_cuda()) return false;
+        any = true;
+      }
+    }
+    return any;
+#else
+    return false;
+#endif
+  }
+
+  at::Tensor step(LossClosure closure = nullptr) override {
+    if (!fuses()) return torch::optim::AdamW::step(std::move(closure));
+#if PEFT_HAS_FUSED_ADAMW
+    at::Tensor loss;
+    if (closure) {
+      at::AutoGradMode grad_on(true);
+      loss = closure();
+    }
+    at::NoGradGuard no_grad;
+    struct Bucket {
+      std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    };
+    for (auto& group : param_groups()) {
+      const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+      std::map<std::pair<std::string, int>, Bucket> buckets;  // by device and dtype
+      for (auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        void* key = p.unsafeGetTensorImpl();
+        auto it = state_.find(key);
+        if (it == state_.end()) {
+          auto s = std::make_unique<torch::optim::AdamWParamState>();
+          s->step(0);
+          s->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+          s->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+          it = state_.emplace(key, std::move(s)).first;
+        }
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+        // The kernel reads the step count from a float tensor on the parameter's device; it follows the
+        // state's integer count (which a loaded state may have changed) without reading the device.
+        auto& st = steps_[key];
+        if (!st.first.defined() || st.second != s.step() || st.first.device() != p.device())
+          st = {at::full({}, static_cast<double>(s.step()), p.options().dtype(at::kFloat)), s.step()};
+        s.step(s.step() + 1);
+        st.second = s.step();
+        auto& b = buckets[{p.device().str(), static_cast<int>(p.scalar_type())}];
+        b.params.push_back(p);
+        b.grads.push_back(p.grad());
+        b.exp_avgs.push_back(s.exp_avg());
+        b.exp_avg_sqs.push_back(s.exp_avg_sq());
+        b.steps.push_back(st.first);
+      }
+      for (auto& [where, b] : buckets) {
+        at::_foreach_add_(b.steps, 1);
+        at::_fused_adamw_(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, {}, b.steps, o.lr(), std::get<0>(o.betas()),
+                          std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false,
+                          c10::nullopt, c10::nullopt);
+      }
+    }
+    return loss;
+#else
+    return torch::optim::AdamW::step(std::move(closure));
+#endif
+  }
+
+ private:
+  Fused fused_ = Fused::automatic;
+  std::unordered_map<void*, std::pair<at::Tensor, int64_t>> steps_;
+};
+
 /// AdamW over the trainable parameters in two groups: matrices (and larger) with `weight_decay`, vectors
 /// and scalars (biases, norms, scales, IA3/PASTA vectors) without. Throws StateError when nothing trains.
-inline torch::optim::AdamW make_adamw(ModelRef model, double lr, double weight_decay = 0.0, double beta1 = 0.9,
-                                      double beta2 = 0.999, double eps = 1e-8) {
+/// The step is fused on CUDA (peft::train::AdamW).
+inline AdamW make_adamw(ModelRef model, double lr, double weight_decay = 0.0, double beta1 = 0.9,
+                        double beta2 = 0.999, double eps = 1e-8) {
   std::vector<at::Tensor> decay, no_decay;
   for (auto& p : trainable_parameters(model)) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   if (decay.empty() && no_decay.empty())
@@ -63,7 +168,7 @@ inline torch::optim::AdamW make_adamw(ModelRef model, double lr, double weight_d
   std::vector<torch::optim::OptimizerParamGroup> groups;
   if (!decay.empty()) groups.emplace_back(decay, opts(weight_decay));
   if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
-  return torch::optim::AdamW(groups, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+  return AdamW(groups, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
 }
 
 /// Bytes of optimizer state (AdamW: two moments per trainable element) currently held.

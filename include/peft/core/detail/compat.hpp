@@ -12,6 +12,20 @@
 #define PEFT_TORCH2 0
 #endif
 
+// at::rms_norm and at::_fused_adamw_ on CPU and CUDA (2.4), scaled_dot_product_attention's enable_gqa (2.5).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define PEFT_HAS_FUSED_RMS_NORM 1
+#define PEFT_HAS_FUSED_ADAMW 1
+#else
+#define PEFT_HAS_FUSED_RMS_NORM 0
+#define PEFT_HAS_FUSED_ADAMW 0
+#endif
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#define PEFT_HAS_SDPA_GQA 1
+#else
+#define PEFT_HAS_SDPA_GQA 0
+#endif
+
 namespace peft::detail {
 
 /// True when variant `v` holds a T. LibTorch 1.13 options use c10::variant, 2.x std::variant; an
