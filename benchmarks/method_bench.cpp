@@ -101,6 +101,43 @@ std::vector<Variant> variants(bool llama) {
   return v;
 }
 
+/// The analytic floor of a training step's memory: what must exist at the peak, counted from the shapes.
+///   weights     every parameter at its dtype;
+///   gradients   one per trainable parameter;
+///   optimizer   AdamW's two moments (read from the optimizer);
+///   activations what backward needs, per layer, as this library's ops save it (CPU math attention, dropout
+///               keeping a float mask the size of its input):
+///                 frozen base: block input 1a, q and k 2a, v 1a, softmax 1s, attention-dropout mask 1s, dropped
+///                 probabilities 1s, two hidden-dropout masks 2a, two LayerNorm inputs 2a, GELU input 4a
+///                 (12a + 3s; without dropout 10a + 1s);
+///                 full fine-tuning adds the inputs of the frozen-base-free weights: context 1a, FFN input 1a,
+///                 GELU output 4a (18a + 3s);
+///               a = batch x seq x hidden, s = batch x heads x seq x seq elements at the activations' dtype.
+///               With checkpointing: each layer keeps only its input (1a) and one layer is recomputed (+1 layer).
+///               Tuner-internal tensors (rank-r products, prefix keys) are small and left out.
+/// Counted for the BERT shapes; for LLaMA shapes the same count is an approximation.
+struct Floor {
+  int64_t weights = 0, gradients = 0, optimizer = 0, activations = 0;
+  double total() const { return static_cast<double>(weights + gradients + optimizer + activations); }
+};
+Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_bytes, bool checkpointing, bool full, bool dropout) {
+  Floor f;
+  const auto params = model.parameters();
+  at::ScalarType act = params.empty() ? at::kFloat : params.front().scalar_type();
+  for (const auto& p : params) {
+    const auto bytes = static_cast<int64_t>(p.numel() * p.element_size());
+    f.weights += bytes;
+    if (p.requires_grad()) f.gradients += bytes;
+    else act = p.scalar_type();  // activations follow the frozen base's dtype
+  }
+  f.optimizer = optimizer_bytes;
+  const int64_t e = static_cast<int64_t>(c10::elementSize(act));
+  const int64_t a = sh.batch * sh.seq * sh.hidden * e, s = sh.batch * sh.heads * sh.seq * sh.seq * e;
+  int64_t layer = dropout ? 12 * a + 3 * s : 10 * a + s;
+  if (full) layer += 6 * a;
+  f.activations = checkpointing ? sh.layers * a + layer : sh.layers * layer;
+  return f;
+}
 
 }  // namespace
 
@@ -128,6 +165,12 @@ int main(int argc, char** argv) {
   double dropout = -1;
   app.add_option("--dropout", dropout, "BERT's hidden and attention dropout instead of the config's 0.1")
       ->check(CLI::Range(0.0, 0.99));
+  bool checkpointing = false;
+  app.add_flag("--checkpointing", checkpointing, "activation checkpointing of every transformer block (training rows)");
+  std::string base_dtype = "same";
+  app.add_option("--base-dtype", base_dtype,
+                 "frozen weights in bfloat16 or float16 under float32 trainables (peft::cast_mixed); same: as --dtype")
+      ->check(CLI::IsMember({"same", "bfloat16", "float16"}));
   std::string profile;
   app.add_option("--profile", profile,
                  "folder: after timing, record 3 training steps of each method and 3 forwards of each inference "
@@ -154,6 +197,7 @@ int main(int argc, char** argv) {
       std::string name;
       int64_t trainable = 0, total = 0, optimizer_bytes = 0;
       double step_ms = 0, peak_mb = 0;
+      Floor floor;
     };
     std::vector<Row> rows;
     for (const auto& v : variants(sh.llama)) {
@@ -183,6 +227,8 @@ int main(int argc, char** argv) {
         for (auto& p : model->parameters()) p.set_requires_grad(false);
         v.setup(*model);
         model->to(dev, st);
+        if (base_dtype != "same") peft::cast_mixed(model, base_dtype == "float16" ? torch::kHalf : torch::kBFloat16, torch::kFloat);
+        if (checkpointing) peft::enable_gradient_checkpointing(*model);
         model->train();
         auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
         auto step = [&] {
@@ -195,6 +241,8 @@ int main(int argc, char** argv) {
         const auto c = peft::count_parameters(model);
         r.trainable = c.trainable, r.total = c.all;
         r.optimizer_bytes = peft::train::optimizer_state_bytes(opt);
+        r.floor = memory_floor(*model, sh, r.optimizer_bytes, checkpointing, v.name == "full",
+                               sh.dropout != 0 && !sh.llama);
         if (cuda) {
 #ifdef PEFT_BENCH_CUDA_STATS
           torch::cuda::synchronize();
@@ -207,8 +255,8 @@ int main(int argc, char** argv) {
         r.step_ms = bench::median_ms(step, warmup, reps, cuda);
         if (!profile.empty()) bench::profile_to(profile + "/cpp_" + config + "_train_" + v.name + ".json", step, 3, cuda);
       }
-      fmt::print(stderr, "{:<18} step {:8.1f} ms  peak +{:7.1f} MB  optimizer {:8.2f} MB  trainable {}\n", r.name, r.step_ms,
-                 r.peak_mb, static_cast<double>(r.optimizer_bytes) / 1e6, r.trainable);
+      fmt::print(stderr, "{:<18} step {:8.1f} ms  peak +{:7.1f} MB (floor {:7.1f} MB)  optimizer {:8.2f} MB  trainable {}\n", r.name,
+                 r.step_ms, r.peak_mb, r.floor.total() / 1e6, static_cast<double>(r.optimizer_bytes) / 1e6, r.trainable);
       rows.push_back(r);
     }
 
@@ -260,24 +308,32 @@ int main(int argc, char** argv) {
     j["dtype"] = dtype;
     j["shape"] = {{"name", config}, {"hidden", sh.hidden}, {"layers", sh.layers}, {"heads", sh.heads}, {"seq", sh.seq}, {"batch", sh.batch}};
     j["reps"] = reps;
-    std::string md = "| method | trainable | step ms | step / full | peak training MB | peak / full | optimizer MB |\n"
-                     "|---|---:|---:|---:|---:|---:|---:|\n";
+    j["checkpointing"] = checkpointing;
+    j["base_dtype"] = base_dtype;
+    std::string md = "| method | trainable | step ms | step / full | peak training MB | peak / full | floor MB | peak / floor | optimizer MB |\n"
+                     "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     auto out_md = std::back_inserter(md);
     for (const auto& r : rows) {
       j["methods"].push_back({{"method", r.name}, {"trainable", r.trainable}, {"total", r.total}, {"step_ms", r.step_ms},
                               {"step_ratio", full_ms > 0 ? r.step_ms / full_ms : 0.0}, {"peak_mb", r.peak_mb},
-                              {"peak_ratio", full_mb > 0 ? r.peak_mb / full_mb : 0.0}, {"optimizer_bytes", r.optimizer_bytes}});
-      fmt::format_to(out_md, "| {} | {} | {:.1f} | {:.3f} | {:.1f} | {:.3f} | {:.2f} |\n", r.name, r.trainable, r.step_ms,
-                     full_ms > 0 ? r.step_ms / full_ms : 0.0, r.peak_mb, full_mb > 0 ? r.peak_mb / full_mb : 0.0,
-                     static_cast<double>(r.optimizer_bytes) / 1e6);
+                              {"peak_ratio", full_mb > 0 ? r.peak_mb / full_mb : 0.0}, {"optimizer_bytes", r.optimizer_bytes},
+                              {"floor", {{"weights", r.floor.weights}, {"gradients", r.floor.gradients},
+                                         {"optimizer", r.floor.optimizer}, {"activations", r.floor.activations},
+                                         {"total_mb", r.floor.total() / 1e6}}},
+                              {"peak_over_floor", r.peak_mb / (r.floor.total() / 1e6)}});
+      fmt::format_to(out_md, "| {} | {} | {:.1f} | {:.3f} | {:.1f} | {:.3f} | {:.1f} | {:.2f} | {:.2f} |\n", r.name, r.trainable,
+                     r.step_ms, full_ms > 0 ? r.step_ms / full_ms : 0.0, r.peak_mb, full_mb > 0 ? r.peak_mb / full_mb : 0.0,
+                     r.floor.total() / 1e6, r.peak_mb / (r.floor.total() / 1e6), static_cast<double>(r.optimizer_bytes) / 1e6);
     }
     j["inference"] = {{"base_ms", base_ms}, {"lora_unmerged_ms", unmerged_ms}, {"lora_merged_ms", merged_ms},
                       {"unmerged_ratio", unmerged_ms / base_ms}, {"merged_ratio", merged_ms / base_ms}};
     fmt::format_to(out_md, "\nInference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x).\n",
                    base_ms, unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
-    fmt::format_to(out_md, "{} {} (hidden {} x {} layers, seq {}, batch {}, vocabulary {}), {} {}; {}{}, {} threads, LibTorch {}, {}.\n",
+    fmt::format_to(out_md, "{} {} (hidden {} x {} layers, seq {}, batch {}, vocabulary {}), {} {}{}{}; {}{}, {} threads, LibTorch {}, {}.\n",
                    sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config, sh.hidden, sh.layers, sh.seq, sh.batch,
-                   sh.vocab, device, dtype, cpu, gpu.empty() ? std::string() : ", " + gpu, threads, TORCH_VERSION, date);
+                   sh.vocab, device, dtype, base_dtype == "same" ? std::string() : ", frozen base in " + base_dtype,
+                   checkpointing ? ", activation checkpointing" : "", cpu, gpu.empty() ? std::string() : ", " + gpu, threads,
+                   TORCH_VERSION, date);
     fmt::print("{}", md);
     std::filesystem::create_directories(out);
     const auto stem = std::filesystem::path(out) / ("method_bench_" + config + "_" + device + suffix);

@@ -16,6 +16,8 @@
 ///   train/   training helpers
 
 #include <peft/core/adapter_config.hpp>
+#include <peft/core/checkpoint.hpp>
+#include <peft/core/context.hpp>
 #include <peft/core/detail/compat.hpp>
 #include <peft/core/error.hpp>
 #include <peft/core/model.hpp>
@@ -31,7 +33,7 @@
 
 #include <peft/nn/attention.hpp>
 #include <peft/nn/block.hpp>
-#include <peft/nn/context.hpp>
+
 #include <peft/nn/feed_forward.hpp>
 #include <peft/nn/rms_norm.hpp>
 

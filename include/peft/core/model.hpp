@@ -499,4 +499,40 @@ inline std::string trainable_report(ModelRef model) {
                      c.all ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.all) : 0.0);
 }
 
+/// What cast_mixed() changed.
+struct MixedPrecision {
+  int64_t frozen_tensors = 0, trainable_tensors = 0;
+  /// Bytes of parameters and buffers before and after.
+  int64_t bytes_before = 0, bytes_after = 0;
+};
+
+/// Mixed precision the way PEFT recipes run it (`torch_dtype=torch.bfloat16` for the base, float32
+/// adapters): the frozen parameters and the floating-point buffers become `base` (bfloat16 or float16),
+/// the trainable parameters `trainable` (float32), so the optimizer's state is float32 too. Call it
+/// after attach() (it reads requires_grad). In forward each op computes in its own weights' dtype: the
+/// base in `base`, every tuner in float32 on inputs widened from the half-precision activations, its
+/// result rounded once back to them (see SlotBase::frame). Merging a float32 adapter into a half weight
+/// computes W + delta in float32 and rounds once. Works on CPU and CUDA alike.
+inline MixedPrecision cast_mixed(ModelRef model, at::ScalarType base = at::kBFloat16,
+                                 at::ScalarType trainable = at::kFloat) {
+  if (!at::isFloatingType(base) || !at::isFloatingType(trainable))
+    throw ConfigError(fmt::format("cast_mixed: expected floating-point dtypes, received base {} and trainable {}",
+                                  c10::toString(base), c10::toString(trainable)));
+  MixedPrecision r;
+  torch::NoGradGuard no_grad;
+  auto cast = [&](at::Tensor& t, at::ScalarType to) {
+    r.bytes_before += static_cast<int64_t>(t.numel() * t.element_size());
+    if (t.is_floating_point() && t.scalar_type() != to) t.set_data(t.to(to));
+    r.bytes_after += static_cast<int64_t>(t.numel() * t.element_size());
+  };
+  for (auto& p : model->parameters(true)) {
+    const bool trains = p.requires_grad();
+    cast(p, trains ? trainable : base);
+    ++(trains ? r.trainable_tensors : r.frozen_tensors);
+  }
+  for (auto& b : model->buffers(true))
+    if (b.is_floating_point()) cast(b, base);
+  return r;
+}
+
 }  // namespace peft

@@ -7,6 +7,7 @@
 /// the plain op computes. Its parameters are named like the plain op's (`weight`, `bias`), so state
 /// dicts and checkpoint keys are unchanged; adapters appear as children named after the adapter.
 
+#include <peft/core/checkpoint.hpp>
 #include <peft/core/detail/strings.hpp>
 #include <peft/core/error.hpp>
 #include <peft/core/tuner.hpp>
@@ -72,6 +73,30 @@ template <class T, class = void>
 struct has_bias : std::false_type {};
 template <class T>
 struct has_bias<T, std::void_t<decltype(std::declval<T&>().bias)>> : std::true_type {};
+
+/// Half-precision activations (bfloat16, float16): the frame then runs each tuner in its own
+/// parameters' dtype (a float32 adapter on a bfloat16 base computes in float32 and its result is rounded
+/// once back to the activations' dtype). With float32 activations the frame casts nothing.
+inline bool is_half(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kBFloat16 || s == at::kHalf;
+}
+inline at::Tensor cast_floating(const at::Tensor& t, at::ScalarType dtype) {
+  return t.is_floating_point() && t.scalar_type() != dtype ? t.to(dtype) : t;
+}
+/// The dtype of a tuner's first parameter (its compute dtype), or `fallback` when it has none.
+inline at::ScalarType tuner_dtype(Tuner& t, at::ScalarType fallback) {
+  for (const auto& p : t.as_module().parameters(true))
+    if (p.is_floating_point()) return p.scalar_type();
+  return fallback;
+}
+/// f(a cast to the tuner's dtype), cast back to a's dtype.
+template <class F>
+at::Tensor in_own_dtype(Tuner& t, const at::Tensor& a, F&& f) {
+  const auto mine = tuner_dtype(t, a.scalar_type());
+  if (mine == a.scalar_type()) return f(a);
+  return cast_floating(f(cast_floating(a, mine)), a.scalar_type());
+}
 
 inline void check_adapter_name(const std::string& name) {
   if (name.empty() || name.find('.') != std::string::npos || name == "weight" || name == "bias")
@@ -222,20 +247,30 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
   at::Tensor frame(const at::Tensor& x, Op&& op, Run&& run) {
     if (!enabled_ || live_ == 0) return op(x);
     at::Tensor h = x;
-    for (Tuner* t : input_) h = t->input(h);
+    for (Tuner* t : input_) h = detail::is_half(h) ? detail::in_own_dtype(*t, h, [&](const at::Tensor& a) { return t->input(a); }) : t->input(h);
     at::Tensor y;
     if (weight_.empty()) {
       y = op(h);
     } else {
       WeightSet w = base_weights();
       for (Tuner* t : weight_) t->reparameterize(w);
+      // A float32 tuner on a half-precision weight: the rewritten weight is computed in float32 and
+      // rounded once to the weight's dtype.
+      const WeightSet base = base_weights();
+      if (base.weight.defined() && w.weight.defined() && w.weight.scalar_type() != base.weight.scalar_type())
+        w.weight = w.weight.to(base.weight.scalar_type());
+      if (base.bias.defined() && w.bias.defined() && w.bias.scalar_type() != base.bias.scalar_type())
+        w.bias = w.bias.to(base.bias.scalar_type());
       y = run(h, w);
     }
     if (!parallel_.empty()) {
       const WeightSet base = base_weights();
-      for (Tuner* t : parallel_) y = t->parallel_with(h, y, base);
+      for (Tuner* t : parallel_)
+        y = detail::is_half(y) ? detail::in_own_dtype(*t, y, [&](const at::Tensor& yy) {
+          return t->parallel_with(detail::cast_floating(h, yy.scalar_type()), yy, base);
+        }) : t->parallel_with(h, y, base);
     }
-    for (Tuner* t : output_) y = t->output(y);
+    for (Tuner* t : output_) y = detail::is_half(y) ? detail::in_own_dtype(*t, y, [&](const at::Tensor& a) { return t->output(a); }) : t->output(y);
     return y;
   }
 
@@ -311,7 +346,12 @@ class TunableImpl : public SlotBase<Derived> {
   at::Tensor frozen(const at::Tensor& h) const { return op_->forward(h); }
 
  protected:
-  at::Tensor tuned_forward(const at::Tensor& x) {
+  at::Tensor tuned_forward(const at::Tensor& input) {
+    // Each op computes in its weight's dtype: float32 activations entering a bfloat16 frozen layer are
+    // rounded to it, bfloat16 ones entering a float32 trainable head are widened.
+    const at::Tensor& x = input.is_floating_point() && weight.defined() && input.scalar_type() != weight.scalar_type()
+                              ? input.to(weight.scalar_type())
+                              : input;
     return this->frame(
         x, [this](const at::Tensor& h) { return static_cast<const Derived&>(*this).frozen(h); },
         [this](const at::Tensor& h, const WeightSet& w) { return static_cast<const Derived&>(*this).run(h, w); });
@@ -321,23 +361,63 @@ class TunableImpl : public SlotBase<Derived> {
   std::shared_ptr<Op> op_;
 };
 
+/// The activation-checkpointing switch of a composite slot (see core/checkpoint.hpp).
+class CheckpointSwitch {
+ public:
+  virtual ~CheckpointSwitch() = default;
+  /// On: in training mode with grad enabled, this op (with its own tuners) keeps only its input and is
+  /// recomputed in backward.
+  void set_checkpointing(bool on) { checkpointing_ = on; }
+  bool checkpointing() const { return checkpointing_; }
+
+ protected:
+  bool checkpointing_ = false;
+};
+
 /// A slot around a composite op (attention, feed-forward, a whole block, embeddings) whose own
 /// submodules are slots too. Input, parallel and output tuners wrap it; weight tuners belong on the
 /// Linear slots inside. `Derived::reset()` builds the submodules and then calls `reset_adapters()`.
 template <class Derived>
-class CompositeSlot : public SlotBase<Derived> {
+class CompositeSlot : public SlotBase<Derived>, public CheckpointSwitch {
  public:
   WeightSet base_weights() const override { return {}; }
 
  protected:
-  /// Runs `op` (the composite computation, h -> y) inside the frame.
+  /// Runs `op` (the composite computation, h -> y) inside the frame. With checkpointing on (and in
+  /// training with grad enabled) `op` runs again in backward, so it must capture by value what it uses.
   template <class Op>
   at::Tensor tuned(const at::Tensor& x, Op&& op) {
-    return this->frame(x, std::forward<Op>(op), [](const at::Tensor&, const WeightSet&) -> at::Tensor {
-      throw StateError("a composite op has no weights to rewrite");
-    });
+    if (checkpointing_ && this->is_training() && at::GradMode::is_enabled())
+      return checkpoint([this, op](const at::Tensor& h) mutable { return this->frame(h, op, no_weights); }, x);
+    return this->frame(x, std::forward<Op>(op), no_weights);
+  }
+
+  /// Whether the next tuned() call checkpoints (for ops that must refuse, e.g. with a KV cache).
+  bool checkpoints_now() const { return checkpointing_ && this->is_training() && at::GradMode::is_enabled(); }
+
+ private:
+  static at::Tensor no_weights(const at::Tensor&, const WeightSet&) {
+    throw StateError("a composite op has no weights to rewrite");
   }
 };
+
+/// Turns activation checkpointing on (or off) for every transformer block in `model` (every composite
+/// slot whose op kind is "Block": the zoo's TransformerBlock, BertLayer and ViTLayer). Returns how many;
+/// throws StateError when there is none (checkpoint a module of your own with peft::checkpoint).
+inline std::size_t enable_gradient_checkpointing(torch::nn::Module& model, bool on = true) {
+  std::size_t n = 0;
+  for (const auto& m : model.modules(true)) {
+    auto* slot = dynamic_cast<TunableSlot*>(m.get());
+    auto* sw = dynamic_cast<CheckpointSwitch*>(m.get());
+    if (!slot || !sw || std::string(slot->op_kind()) != "Block") continue;
+    sw->set_checkpointing(on);
+    ++n;
+  }
+  if (n == 0)
+    throw StateError("enable_gradient_checkpointing: the model has no transformer block (a slot of kind Block); "
+                     "checkpoint parts of your own model with peft::checkpoint(fn, x)");
+  return n;
+}
 
 /// A named place in a model where a composite op runs whose parts live elsewhere (ViT's and BERT's
 /// feed-forward is `intermediate` + `output`, siblings in the layer). It has no parameters of its own;

@@ -92,17 +92,19 @@ class Tuner {
     (void)base;
     throw StateError(method() + " tuner does not have an additive weight delta");
   }
-  /// Folds the tuner into `base` in place (called under NoGradGuard). Default: base += delta.
+  /// Folds the tuner into `base` in place (called under NoGradGuard). Default: base += delta. A
+  /// float32 delta on a half-precision weight is added in float32 and the sum rounded once (the
+  /// in-place add computes in the promoted dtype); unmerge() then restores the weight up to that rounding.
   virtual void merge(WeightSet& base) const {
     WeightSet d = delta(base);
-    if (d.weight.defined()) base.weight.add_(d.weight.to(base.weight.dtype()));
-    if (d.bias.defined()) base.bias.add_(d.bias.to(base.bias.dtype()));
+    if (d.weight.defined()) base.weight.add_(d.weight);
+    if (d.bias.defined()) base.bias.add_(d.bias);
   }
   /// Exact inverse of merge() up to rounding. Default: base -= delta.
   virtual void unmerge(WeightSet& base) const {
     WeightSet d = delta(base);
-    if (d.weight.defined()) base.weight.sub_(d.weight.to(base.weight.dtype()));
-    if (d.bias.defined()) base.bias.sub_(d.bias.to(base.bias.dtype()));
+    if (d.weight.defined()) base.weight.sub_(d.weight);
+    if (d.bias.defined()) base.bias.sub_(d.bias);
   }
 
   /// The tensors saved in an adapter file, keyed by the suffix after the module path

@@ -14,7 +14,7 @@
 #include <peft/models/common.hpp>
 #include <peft/models/vit.hpp>
 #include <peft/nn/attention.hpp>
-#include <peft/nn/context.hpp>
+#include <peft/core/context.hpp>
 #include <peft/nn/feed_forward.hpp>
 #include <peft/slots/embedding.hpp>
 #include <peft/slots/layer_norm.hpp>
@@ -121,7 +121,7 @@ class BertEmbeddingsImpl : public CompositeSlot<BertEmbeddingsImpl> {
   }
   /// input_ids [B, T]; token_type_ids [B, T] or undefined (zeros); positions start at `past`.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids = {}, int64_t past = 0) {
-    return tuned(input_ids, [&](const at::Tensor& ids) {
+    return tuned(input_ids, [this, token_type_ids, past](const at::Tensor& ids) {
       // Prompt tuning inserts virtual tokens at the front of word_embeddings' output: positions and
       // token types cover them too (type 0, as PEFT gives them).
       auto words = word_embeddings(ids);
@@ -159,7 +159,7 @@ class BertAttentionImpl : public CompositeSlot<BertAttentionImpl>, public nn::At
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
-    auto y = tuned(x, [&](const at::Tensor& h) {
+    auto y = tuned(x, [this, in](const at::Tensor& h) {
       const auto heads = config.num_attention_heads, hd = config.hidden_size / heads;
       auto ctx = nn::functional::self_attention(h, self->query, self->key, self->value, heads, heads, hd, in,
                                                 inside_tuners(), is_training() ? config.attention_probs_dropout_prob : 0.0);
@@ -194,7 +194,7 @@ class BertLayerImpl : public CompositeSlot<BertLayerImpl> {
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
-    return tuned(x, [&](const at::Tensor& h) {
+    return tuned(x, [this, in](const at::Tensor& h) {  // by value: checkpointing runs it again in backward
       auto a = attention->forward(h, in);
       auto f = mlp->forward(a, [&](const at::Tensor& z) {
         return maybe_dropout(output->dense(act_(intermediate->dense(z))), config.hidden_dropout_prob, is_training());

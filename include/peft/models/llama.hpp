@@ -14,7 +14,7 @@
 #include <peft/models/common.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/nn/block.hpp>
-#include <peft/nn/context.hpp>
+#include <peft/core/context.hpp>
 #include <peft/nn/rms_norm.hpp>
 #include <peft/slots/embedding.hpp>
 #include <peft/slots/linear.hpp>

@@ -13,7 +13,7 @@
 #include <peft/core/tunable.hpp>
 #include <peft/models/common.hpp>
 #include <peft/nn/attention.hpp>
-#include <peft/nn/context.hpp>
+#include <peft/core/context.hpp>
 #include <peft/nn/feed_forward.hpp>
 #include <peft/slots/conv2d.hpp>
 #include <peft/slots/layer_norm.hpp>
@@ -125,7 +125,7 @@ class ViTEmbeddingsImpl : public CompositeSlot<ViTEmbeddingsImpl> {
       throw InputError("ViT: pixel_values must be [batch, " + std::to_string(config.num_channels) + ", " +
                        std::to_string(config.image_size) + ", " + std::to_string(config.image_size) + "], received " +
                        peft::detail::shape_str(pixel_values.sizes().vec()));
-    return tuned(pixel_values, [&](const at::Tensor& px) {
+    return tuned(pixel_values, [this](const at::Tensor& px) {
       const auto b = px.size(0);
       auto patches = patch_embeddings->projection(px.to(cls_token.scalar_type())).flatten(2).transpose(1, 2);
       auto x = at::cat({cls_token.expand({b, -1, -1}), patches}, 1) + position_embeddings;
@@ -164,7 +164,7 @@ class ViTAttentionImpl : public CompositeSlot<ViTAttentionImpl>, public nn::Atte
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
-    return tuned(x, [&](const at::Tensor& h) {
+    return tuned(x, [this, in](const at::Tensor& h) {
       const auto heads = config.num_attention_heads, hd = config.hidden_size / heads;
       auto ctx = nn::functional::self_attention(h, attention->query, attention->key, attention->value, heads, heads, hd,
                                                 in, inside_tuners(), is_training() ? config.attention_probs_dropout_prob : 0.0);
@@ -200,7 +200,7 @@ class ViTLayerImpl : public CompositeSlot<ViTLayerImpl> {
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x, const nn::AttentionInputs& in = {}) {
-    return tuned(x, [&](const at::Tensor& h) {
+    return tuned(x, [this, in](const at::Tensor& h) {  // by value: checkpointing runs it again in backward
       auto r = h + attention->forward(layernorm_before(h), in);
       auto f = mlp->forward(layernorm_after(r), [&](const at::Tensor& z) {
         return maybe_dropout(output->dense(act_(intermediate->dense(z))), config.hidden_dropout_prob, is_training());

@@ -352,7 +352,7 @@ class MultiHeadAttentionImpl : public CompositeSlot<MultiHeadAttentionImpl>, pub
 
   /// x [B, T, hidden] -> [B, T, hidden].
   at::Tensor forward(const at::Tensor& x, const AttentionInputs& in = {}) {
-    return tuned(x, [&](const at::Tensor& h) {
+    return tuned(x, [this, in](const at::Tensor& h) {
       auto ctx = functional::self_attention(h, q_proj, k_proj, v_proj, options.num_heads(), options.num_kv_heads(),
                                             options.head_dim(), in, inside_tuners(),
                                             is_training() ? options.dropout() : 0.0);

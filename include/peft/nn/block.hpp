@@ -56,7 +56,10 @@ class TransformerBlockImpl : public CompositeSlot<TransformerBlockImpl> {
   }
 
   at::Tensor forward(const at::Tensor& x, const AttentionInputs& in = {}) {
-    return tuned(x, [&](const at::Tensor& h) {
+    if (in.cache && checkpoints_now())
+      throw StateError("TransformerBlock: activation checkpointing cannot recompute a step that extends a KV cache; "
+                       "generate under torch::NoGradGuard or in eval mode, or turn checkpointing off");
+    return tuned(x, [this, in](const at::Tensor& h) {  // by value: checkpointing runs it again in backward
       auto drop = [&](const at::Tensor& t) {
         return is_training() && options.dropout() > 0 ? at::dropout(t, options.dropout(), true) : t;
       };

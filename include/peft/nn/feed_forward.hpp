@@ -52,7 +52,7 @@ class MlpImpl : public CompositeSlot<MlpImpl> {
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x) {
-    return tuned(x, [&](const at::Tensor& h) {
+    return tuned(x, [this](const at::Tensor& h) {
       auto y = fc2(act_(fc1(h)));
       return is_training() && options.dropout() > 0 ? at::dropout(y, options.dropout(), true) : y;
     });
@@ -94,7 +94,7 @@ class GatedMlpImpl : public CompositeSlot<GatedMlpImpl> {
     reset_adapters();
   }
   at::Tensor forward(const at::Tensor& x) {
-    return tuned(x, [&](const at::Tensor& h) { return down_proj(act_(gate_proj(h)) * up_proj(h)); });
+    return tuned(x, [this](const at::Tensor& h) { return down_proj(act_(gate_proj(h)) * up_proj(h)); });
   }
   const char* op_kind() const override { return "FFN"; }
   std::pair<int64_t, int64_t> features() const override { return {options.hidden_size(), options.hidden_size()}; }

@@ -19,7 +19,7 @@
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/detail/strings.hpp>
 #include <peft/core/tuner.hpp>
-#include <peft/nn/context.hpp>
+#include <peft/core/context.hpp>
 #include <peft/tuners/registry.hpp>
 
 #include <torch/arg.h>

@@ -19,7 +19,7 @@
 
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/tuner.hpp>
-#include <peft/nn/context.hpp>
+#include <peft/core/context.hpp>
 #include <peft/slots/embedding.hpp>
 #include <peft/tuners/prompt_learning.hpp>
 #include <peft/tuners/registry.hpp>

@@ -118,8 +118,8 @@ class RLRRLinearImpl : public torch::nn::Cloneable<RLRRLinearImpl>, public Tuner
     return {base.weight * at::outer(rlrr_s_out, rlrr_s_in), has_bias ? rlrr_f : at::Tensor()};
   }
   void unmerge(WeightSet& base) const override {  // exact inverse of W' = W ⊙ F up to rounding
-    base.weight.div_(factor().to(base.weight.scalar_type()));
-    if (has_bias) base.bias.sub_(rlrr_f.to(base.bias.scalar_type()));
+    base.weight.div_(factor());  // computed in the promoted dtype, rounded once to the weight's
+    if (has_bias) base.bias.sub_(rlrr_f);
   }
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
     std::vector<std::pair<std::string, at::Tensor>> t = {{"rlrr_s_out", rlrr_s_out}, {"rlrr_s_in", rlrr_s_in}};

@@ -1,5 +1,5 @@
 #pragma once
-/// \file nn/context.hpp
+/// \file core/context.hpp
 /// Per-batch side information for tuners, without changing any forward signature.
 ///
 /// Some tuners need to know more about a batch than the hidden states they see: which positions hold
@@ -53,6 +53,10 @@ class BatchScope {
     for (const auto& [k, v] : entries) push(k, v);
   }
   BatchScope(const std::string& key, const at::Tensor& value) { push(key, value); }
+  /// Re-establishes a batch_snapshot() (its entries shadow what this thread has).
+  explicit BatchScope(const std::vector<detail::BatchEntry>& snapshot) {
+    for (const auto& e : snapshot) push(e.key, e.value);
+  }
   BatchScope(const BatchScope&) = delete;
   BatchScope& operator=(const BatchScope&) = delete;
   ~BatchScope() {
@@ -67,6 +71,12 @@ class BatchScope {
   }
   std::size_t pushed_ = 0;
 };
+
+/// Everything visible to batch_info() in this thread, outermost first (activation checkpointing takes
+/// it in forward and re-establishes it, with BatchScope(snapshot), when backward recomputes a block,
+/// possibly on another thread).
+using BatchSnapshot = std::vector<detail::BatchEntry>;
+inline BatchSnapshot batch_snapshot() { return detail::batch_stack(); }
 
 /// The innermost value set for `key` in this thread, or an undefined tensor.
 inline at::Tensor batch_info(const std::string& key) {
