@@ -81,7 +81,7 @@ TEST_CASE("activation checkpointing: same gradients as without, for every method
   }
 }
 
-TEST_CASE("activation checkpointing: BERT with padding, PASTA and prefix; LLaMA; backward on another thread",
+TEST_CASE("activation checkpointing: BERT with padding, PASTA and prefix, LLaMA, backward on another thread",
           "[memory][checkpoint]") {
   auto bert_config = tiny_bert();  // hidden and attention dropout 0.1
   REQUIRE(bert_config.hidden_dropout_prob > 0);
