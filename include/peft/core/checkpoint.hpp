@@ -48,7 +48,6 @@ using CheckpointFn = std::function<std::vector<at::Tensor>(const std::vector<at:
 /// What the recompute needs: the function, the generators' states and the batch context.
 struct CheckpointState : torch::CustomClassHolder {
   CheckpointFn fn;
-  std::size_t num_inputs = 0;
   std::vector<bool> input_requires_grad;
   at::Tensor cpu_rng;
   std::vector<std::pair<at::Device, at::Tensor>> cuda_rng;  // per CUDA device among the inputs
@@ -187,7 +186,6 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 inline std::vector<at::Tensor> checkpoint(detail::CheckpointFn fn, const std::vector<at::Tensor>& inputs) {
   if (!at::GradMode::is_enabled()) return fn(inputs);
   auto state = c10::make_intrusive<detail::CheckpointState>();
-  state->num_inputs = inputs.size();
   std::vector<at::Tensor> detached;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const auto& t = inputs[i];

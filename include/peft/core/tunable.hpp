@@ -90,9 +90,10 @@ inline at::ScalarType tuner_dtype(Tuner& t, at::ScalarType fallback) {
     if (p.is_floating_point()) return p.scalar_type();
   return fallback;
 }
-/// f(a cast to the tuner's dtype), cast back to a's dtype.
+/// f(a); with half-precision `a`, f(a cast to the tuner's dtype) cast back to a's dtype.
 template <class F>
 at::Tensor in_own_dtype(Tuner& t, const at::Tensor& a, F&& f) {
+  if (!is_half(a)) return f(a);
   const auto mine = tuner_dtype(t, a.scalar_type());
   if (mine == a.scalar_type()) return f(a);
   return cast_floating(f(cast_floating(a, mine)), a.scalar_type());
@@ -247,7 +248,7 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
   at::Tensor frame(const at::Tensor& x, Op&& op, Run&& run) {
     if (!enabled_ || live_ == 0) return op(x);
     at::Tensor h = x;
-    for (Tuner* t : input_) h = detail::is_half(h) ? detail::in_own_dtype(*t, h, [&](const at::Tensor& a) { return t->input(a); }) : t->input(h);
+    for (Tuner* t : input_) h = detail::in_own_dtype(*t, h, [&](const at::Tensor& a) { return t->input(a); });
     at::Tensor y;
     if (weight_.empty()) {
       y = op(h);
@@ -266,11 +267,11 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
     if (!parallel_.empty()) {
       const WeightSet base = base_weights();
       for (Tuner* t : parallel_)
-        y = detail::is_half(y) ? detail::in_own_dtype(*t, y, [&](const at::Tensor& yy) {
+        y = detail::in_own_dtype(*t, y, [&](const at::Tensor& yy) {
           return t->parallel_with(detail::cast_floating(h, yy.scalar_type()), yy, base);
-        }) : t->parallel_with(h, y, base);
+        });
     }
-    for (Tuner* t : output_) y = detail::is_half(y) ? detail::in_own_dtype(*t, y, [&](const at::Tensor& a) { return t->output(a); }) : t->output(y);
+    for (Tuner* t : output_) y = detail::in_own_dtype(*t, y, [&](const at::Tensor& a) { return t->output(a); });
     return y;
   }
 
@@ -387,7 +388,7 @@ class CompositeSlot : public SlotBase<Derived>, public CheckpointSwitch {
   /// training with grad enabled) `op` runs again in backward, so it must capture by value what it uses.
   template <class Op>
   at::Tensor tuned(const at::Tensor& x, Op&& op) {
-    if (checkpointing_ && this->is_training() && at::GradMode::is_enabled())
+    if (checkpoints_now())
       return checkpoint([this, op](const at::Tensor& h) mutable { return this->frame(h, op, no_weights); }, x);
     return this->frame(x, std::forward<Op>(op), no_weights);
   }
