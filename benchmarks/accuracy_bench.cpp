@@ -28,11 +28,15 @@
 
 namespace {
 
+/// The starting grid of learning rates; the search widens it while the best rate sits at an edge.
 std::vector<double> lr_grid(const std::string& method) {
   if (method == "linear") return {1e-2, 3e-2, 1e-1};
   if (method == "full") return {3e-4, 1e-3, 3e-3};
   return {1e-3, 3e-3, 1e-2, 3e-2};
 }
+/// One step further along the 1-3-10 ladder.
+double lr_below(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 0.3 : lr / 3.0; }
+double lr_above(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 3.0 : lr / 0.3; }
 
 double mean(const std::vector<double>& v) { return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()); }
 double stdev(const std::vector<double>& v) {
@@ -86,6 +90,8 @@ int main(int argc, char** argv) {
       int64_t trainable = 0, total = 0;
       std::map<std::string, std::vector<double>> acc;  // task -> test accuracy per seed
       std::map<std::string, double> lr;                // task -> chosen learning rate
+      std::map<std::string, std::vector<double>> grid; // task -> rates tried (sorted)
+      std::map<std::string, double> head_lr;           // task -> the head's rate (0: the method's)
       std::vector<double> seconds, peak_mb;
     };
     std::map<std::string, Summary> results;
@@ -95,6 +101,7 @@ int main(int argc, char** argv) {
       auto task = fashion::make_task(tname, train_raw, test_raw);
       if (quick) task.test = fashion::take(task.test, torch::arange(0, 500, torch::kLong));
       fmt::print(stderr, "== task {}: {}\n", tname, task.description);
+      double head_rate = 3e-2;  // until the linear probe (listed first) has chosen its rate
       for (const auto& mname : method_names) {
         const auto& m = fashion::method(mname);
         auto& s = results[mname];
@@ -105,6 +112,9 @@ int main(int argc, char** argv) {
           m.setup(*vit);
           fashion::RunOptions o;
           o.steps = steps, o.lr = lr, o.seed = seed, o.device = dev, o.log = log.is_open() ? &log : nullptr;
+          // The head trains at the linear probe's rate for the task (a head from scratch on frozen
+          // features is exactly what the probe tunes); full fine-tuning keeps one rate.
+          o.head_lr = (mname == "linear" || mname == "full") ? 0.0 : head_rate;
           o.progress = false;
           vit->to(dev);
           auto val_loss = [&] {
@@ -135,18 +145,33 @@ int main(int argc, char** argv) {
         };
         // Learning rate from the validation split (seed 0); the test split is read only for the
         // chosen rate's runs.
+        // A best rate at an edge of the grid widens it by one step that way (up to 4 times each way).
         double best_lr = lr_grid(mname)[1], best_val = -1;  // --quick: the grid's second value
         fashion::RunResult best;
+        std::map<double, double> tried;  // lr -> validation accuracy
         if (!quick) {
-          for (double lr : lr_grid(mname)) {
-            auto r = train_once(lr, 0);
-            if (r.val_accuracy > best_val) best_val = r.val_accuracy, best_lr = lr, best = r;
+          std::vector<double> todo = lr_grid(mname);
+          for (int widen = 0; !todo.empty() && widen <= 8; ++widen) {
+            for (double lr : todo) {
+              auto r = train_once(lr, 0);
+              tried[lr] = r.val_accuracy;
+              if (r.val_accuracy > best_val) best_val = r.val_accuracy, best_lr = lr, best = r;
+            }
+            todo.clear();
+            const double lo = tried.begin()->first, hi = tried.rbegin()->first;
+            if (best_lr == lo && lo > 1e-5) todo.push_back(lr_below(lo));
+            else if (best_lr == hi && hi < 1.0) todo.push_back(lr_above(hi));
           }
           s.acc[tname].push_back(best.test_accuracy);
         }
+        auto& grid = s.grid[tname];  // empty with --quick
+        for (const auto& [lr, v] : tried) grid.push_back(lr);
+        s.head_lr[tname] = (mname == "linear" || mname == "full") ? 0.0 : head_rate;
+        if (mname == "linear") head_rate = best_lr;
         for (int64_t seed = quick ? 0 : 1; seed < seeds; ++seed) s.acc[tname].push_back(train_once(best_lr, seed).test_accuracy);
         s.lr[tname] = best_lr;
-        fmt::print(stderr, "{:<12} {:<9} lr {:.0e}  test {:.2f}% +- {:.2f}  ({:.1f} s/run)\n", mname, tname, best_lr,
+        fmt::print(stderr, "{:<12} {:<9} lr {:.0e}{}  test {:.2f}% +- {:.2f}  ({:.1f} s/run)\n", mname, tname, best_lr,
+                   s.grid[tname].size() > 1 && (best_lr == s.grid[tname].front() || best_lr == s.grid[tname].back()) ? " (EDGE)" : "",
                    100 * mean(s.acc[tname]), 100 * stdev(s.acc[tname]), bench::median(s.seconds));
       }
     }
@@ -167,7 +192,9 @@ int main(int argc, char** argv) {
                      {"upstream", "classes 0-4, all training images, " + std::to_string(upstream_steps) + " steps, batch 128"},
                      {"train_examples", 800}, {"val_examples", 200}, {"steps", steps}, {"batch", 32}, {"seeds", seeds},
                      {"schedule", "AdamW, warmup 10% + cosine, no weight decay"},
-                     {"lr_selection", "best validation accuracy over a grid (linear 1e-2..1e-1, full 3e-4..3e-3, PEFT 1e-3..3e-2), seed 0"}};
+                     {"lr_selection", "best validation accuracy, seed 0, over a grid (linear 1e-2..1e-1, full 3e-4..3e-3, PEFT "
+                                      "1e-3..3e-2) widened one 1-3-10 step at a time while the best rate is at its edge"},
+                     {"head_lr", "PEFT methods train the classification head at the linear probe's chosen rate for the task"}};
     j["wall_seconds"] = wall;
     nlohmann::ordered_json rows = nlohmann::ordered_json::array();
     for (const auto& mname : method_names) {
@@ -180,7 +207,10 @@ int main(int argc, char** argv) {
       std::vector<double> task_means;
       for (const auto& t : tasks) {
         const auto& a = s.acc.at(t);
-        r["tasks"][t] = {{"mean", mean(a)}, {"std", stdev(a)}, {"runs", a}, {"lr", s.lr.at(t)}};
+        const auto& g = s.grid.at(t);
+        const bool edge = g.size() > 1 && (s.lr.at(t) == g.front() || s.lr.at(t) == g.back());
+        r["tasks"][t] = {{"mean", mean(a)}, {"std", stdev(a)}, {"runs", a}, {"lr", s.lr.at(t)}, {"lr_grid", g},
+                         {"lr_at_edge", edge}, {"head_lr", s.head_lr.at(t)}};
         task_means.push_back(mean(a));
       }
       r["mean"] = mean(task_means);

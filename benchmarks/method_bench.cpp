@@ -71,6 +71,7 @@ Model build(const Shape& sh) {
   // Room for prefix tuning's 20 virtual tokens: BERT places the real tokens after them (as transformers does).
   bc.intermediate_size = 4 * sh.hidden, bc.max_position_embeddings = std::max<int64_t>(512, sh.seq + 32);
   if (sh.dropout >= 0) bc.hidden_dropout_prob = bc.attention_probs_dropout_prob = sh.dropout;
+  bc.cls_token_id = 101, bc.sep_token_id = 102;  // BERT's vocabulary: the inputs below start with [CLS], end with [SEP]
   auto m = std::make_shared<M::BertModelImpl>(bc, false);
   return {m, [m](const torch::Tensor& ids) { return m->forward(ids).last_hidden_state; }};
 }

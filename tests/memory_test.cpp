@@ -279,7 +279,9 @@ TEST_CASE("half-precision frozen base: every method on ViT computes in float32 a
     CHECK(report.bytes_after < report.bytes_before);
     check_mixed_dtypes(*mixed, torch::kBFloat16);
     ref->train(), mixed->train();
+    torch::manual_seed(5);  // the same dropout draws on both sides (PASTA drops out by default)
     auto expected = ref->forward(px);
+    torch::manual_seed(5);
     auto got = mixed->forward(px);
     CHECK(rel_err(got, expected) < 3e-2);  // bfloat16 has 8 bits of mantissa
     torch::cross_entropy_loss(got.to(torch::kFloat), labels).backward();

@@ -272,10 +272,28 @@ TEST_CASE("LoRA on query/value and PASTA together", "[methods][pasta][mix]") {
 
 TEST_CASE("CapaBoost: masked copies of one shared weight, rank beyond r for free", "[methods][capaboost]") {
   auto lora = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"});
-  // Exactly LoRA's parameters: one shared A and B per module.
-  check_method(peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7), {2 * 2 * (4 * 32 + 32 * 4), true, true});
-  check_method(peft::CapaBoostConfig(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4)).num_copies(3),
-               {2 * ((32 * 4 + 4) + (4 * 32 + 32)), false, true});
+  // One shared A and B per module (LoRA's tensors), of which only the entries under some mask count:
+  // counted here from the masks themselves (and the unmasked adapter biases).
+  auto live = [](const peft::CapaBoostConfig& cfg) {
+    auto vit = make_vit();
+    peft::attach(*vit, cfg);
+    int64_t n = 0;
+    for (const auto& s : peft::tunable_slots(*vit)) {
+      auto* t = s.slot->adapter("default");
+      if (auto* l = dynamic_cast<peft::CapaBoostLoraImpl*>(t))
+        n += (l->mask_A.sum(0) > 0).sum().item<int64_t>() + (l->mask_B.sum(0) > 0).sum().item<int64_t>();
+      if (auto* a = dynamic_cast<peft::CapaBoostAdapterImpl*>(t))
+        n += (a->mask_down.sum(0) > 0).sum().item<int64_t>() + (a->mask_up.sum(0) > 0).sum().item<int64_t>() +
+             a->adapter_down->bias.numel() + a->adapter_up->bias.numel();
+    }
+    return n;
+  };
+  const auto cb_lora = peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7);
+  const auto cb_adapter = peft::CapaBoostConfig(peft::BottleneckConfig().variant("pfeiffer").bottleneck_size(4)).num_copies(3);
+  CHECK(live(cb_lora) < 2 * 2 * (4 * 32 + 32 * 4));  // the dense size: 1 - (1 - 0.5)^2 = 75% of it lives
+  CHECK(live(cb_lora) > 0.65 * 2 * 2 * (4 * 32 + 32 * 4));
+  check_method(cb_lora, {live(cb_lora), true, true});
+  check_method(cb_adapter, {live(cb_adapter), false, true});
 
   auto vit = make_vit();
   peft::attach(*vit, peft::CapaBoostConfig(lora).num_copies(2).density(0.5).seed(7));

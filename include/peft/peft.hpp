@@ -58,4 +58,5 @@
 #include <peft/models/pretrained.hpp>
 #include <peft/models/vit.hpp>
 
+#include <peft/train/recipes.hpp>
 #include <peft/train/train.hpp>

@@ -164,6 +164,7 @@ inline peft::models::BertConfig tiny_bert() {
   peft::models::BertConfig c;
   c.vocab_size = 200, c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 4;
   c.intermediate_size = 64, c.max_position_embeddings = 64, c.num_labels = 3;
+  c.cls_token_id = 101, c.sep_token_id = 102;  // BERT's vocabulary
   return c;
 }
 inline peft::models::LlamaConfig tiny_llama() { return peft::models::LlamaConfig::tiny(100, 32, 2, 4, 2, 64); }

@@ -29,6 +29,9 @@ class AdapterConfig {
   virtual TargetRules target_rules() const = 0;
   /// Modules trained in full and saved with the adapter (PEFT's modules_to_save).
   virtual std::vector<std::string> saved_modules() const { return {}; }
+  /// Whether attach() starts the adapter's copies of modules_to_save at zero (RLRR's zero_head: the
+  /// official code's zero-initialised classification head).
+  virtual bool zero_saved_modules() const { return false; }
   /// Which base biases train in full and are saved with the adapter: "none", "all" or "<method>_only".
   virtual std::string bias_mode() const { return "none"; }
   /// PEFT's task_type ("SEQ_CLS", "CAUSAL_LM", ...), or empty.

@@ -28,6 +28,9 @@ inline constexpr const char* special_token_index = "special_token_index";
 inline constexpr const char* adapter_index = "adapter_index";
 /// int64 [B, T]: the token ids the model was given (published by the text models' forward).
 inline constexpr const char* input_ids = "input_ids";
+/// int64 [K] (CPU): the ids of the model's special tokens in the order of their roles (BERT: [CLS],
+/// [SEP]; LLaMA: bos, then the eos ids), published with input_ids when the model's config knows them.
+inline constexpr const char* special_token_ids = "special_token_ids";
 /// int64 scalar (CPU): tokens already in the KV cache (published by LLaMA's forward). Prompt tuning
 /// inserts its virtual tokens only when this is 0 (the first step of generation).
 inline constexpr const char* past_length = "past_length";

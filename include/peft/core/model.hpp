@@ -353,6 +353,10 @@ inline AttachResult attach(ModelRef model, const AdapterConfig& config, const st
   for (const auto& [n, m] : detail::resolve_modules_to_save(model, cfg->saved_modules())) r.modules_to_save.push_back(n);
   detail::add_saved_copies(model, *cfg, adapter);
   detail::commit_tuners(model, plan, adapter);
+  if (cfg->zero_saved_modules()) {
+    torch::NoGradGuard g;
+    for (auto& [k, t] : detail::saved_module_tensors(model, *cfg, adapter)) t.zero_();
+  }
   return r;
 }
 
@@ -480,6 +484,7 @@ struct ParameterCount {
   int64_t all = 0;
 };
 
+/// Entries a tuner declares dead (CapaBoost's entries under no mask) are not counted.
 inline ParameterCount count_parameters(ModelRef model) {
   ParameterCount c;
   std::unordered_set<const void*> seen;
@@ -488,6 +493,13 @@ inline ParameterCount count_parameters(ModelRef model) {
     c.all += p.numel();
     if (p.requires_grad()) c.trainable += p.numel();
   }
+  for (const auto& mod : model->modules(true))
+    if (const auto* t = dynamic_cast<const Tuner*>(mod.get()); t && t->dead_parameters()) {
+      bool trains = false;
+      for (const auto& p : mod->parameters(true)) trains = trains || p.requires_grad();
+      c.all -= t->dead_parameters();
+      if (trains) c.trainable -= t->dead_parameters();
+    }
   return c;
 }
 

@@ -39,6 +39,10 @@ class TunableSlot {
   /// Input and output widths of the op (last dimension of x and y; channels for Conv2d), for tuners
   /// that build their own layers (bottleneck adapters). {0, 0} when unknown.
   virtual std::pair<int64_t, int64_t> features() const { return {0, 0}; }
+  /// For a transformer block: how many special tokens the model that owns it puts in a sequence
+  /// (BERT 3: [CLS] and two [SEP] for pairs; LLaMA 2: bos and eos; ViT 1: CLS). 0 when unknown.
+  /// PASTA sizes its tables from it when num_special_tokens is left at 0.
+  virtual int64_t special_token_count() const { return 0; }
 
   /// Adds a tuner under `name` (it becomes a child module and, if `name` is active, takes part in
   /// forward). Throws StateError if the name is taken or invalid.
@@ -382,6 +386,9 @@ template <class Derived>
 class CompositeSlot : public SlotBase<Derived>, public CheckpointSwitch {
  public:
   WeightSet base_weights() const override { return {}; }
+  int64_t special_token_count() const override { return special_tokens_; }
+  /// Set by the model that builds the block (see TunableSlot::special_token_count).
+  void set_special_token_count(int64_t n) { special_tokens_ = n; }
 
  protected:
   /// Runs `op` (the composite computation, h -> y) inside the frame. With checkpointing on (and in
@@ -400,6 +407,7 @@ class CompositeSlot : public SlotBase<Derived>, public CheckpointSwitch {
   static at::Tensor no_weights(const at::Tensor&, const WeightSet&) {
     throw StateError("a composite op has no weights to rewrite");
   }
+  int64_t special_tokens_ = 0;
 };
 
 /// Turns activation checkpointing on (or off) for every transformer block in `model` (every composite

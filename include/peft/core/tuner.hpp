@@ -2,12 +2,18 @@
 /// \file tuner.hpp
 /// The U-Tuning frame: a tuner adapts one frozen op at one placement.
 ///
-/// | placement | output                           | example            |
-/// |-----------|----------------------------------|--------------------|
-/// | input     | OP(U(x))                         | PASTA, prompts     |
-/// | parallel  | OP(x) + U(x)                     | LoRA               |
-/// | output    | U(OP(x))                         | bottleneck adapter |
-/// | weight    | OP with W' = f(W), b' = g(b)     | BitFit, RLRR       |
+/// | placement | output                           | example                                 |
+/// |-----------|----------------------------------|-----------------------------------------|
+/// | input     | OP(U(x))                         | PASTA                                   |
+/// | parallel  | OP(x) + U(x)                     | LoRA, prefixes and prompts (see below)  |
+/// | output    | U(OP(x))                         | bottleneck adapter                      |
+/// | weight    | OP with W' = f(W), b' = g(b)     | BitFit, RLRR                            |
+///
+/// Where a tuner is computed and what it is in the frame can differ. Prompt tuning is computed where
+/// its tokens join the sequence (an output tuner on the embedding op, VPT-deep an input tuner on each
+/// block) and prefix tuning inside the attention op (inside_op()); in U-Tuning's view both are
+/// parallel tuners of the attention op that reads them: Attn(q, [P_k; K], [P_v; V]) =
+/// (1 - λ)·Attn(q, K, V) + λ·softmax(q P_kᵀ) P_v, with λ the attention mass on the prefixes (tested).
 ///
 /// Concrete tuners are LibTorch modules (`XImpl : torch::nn::Cloneable<XImpl>`) that also implement
 /// this interface; a tunable slot (peft::Linear, ...) owns them as named children.
@@ -113,6 +119,10 @@ class Tuner {
 
   /// This tuner as a LibTorch module.
   virtual torch::nn::Module& as_module() = 0;
+
+  /// Entries of this tuner's parameters that can never affect the output nor receive a gradient
+  /// (CapaBoost: entries under no mask). count_parameters leaves them out, as the papers count.
+  virtual int64_t dead_parameters() const { return 0; }
 
  protected:
   [[noreturn]] void unsupported(const char* hook) const {

@@ -22,7 +22,9 @@
 
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <fstream>
 #include <optional>
+#include <vector>
 
 namespace peft::models {
 
@@ -39,6 +41,10 @@ struct BertConfig {
   int64_t type_vocab_size = 2;
   double layer_norm_eps = 1e-12;
   int64_t pad_token_id = 0;
+  /// The [CLS] and [SEP] ids (PASTA finds the special tokens with them). Read from config.json when it
+  /// has them (cls_token_id / sep_token_id; RoBERTa's bos_token_id / eos_token_id), otherwise by
+  /// from_file from a vocab.txt beside it; unset when neither says.
+  std::optional<int64_t> cls_token_id, sep_token_id;
   std::optional<double> classifier_dropout;
   int64_t num_labels = 2;
   double initializer_range = 0.02;
@@ -70,6 +76,15 @@ struct BertConfig {
     c.type_vocab_size = r.optional<int64_t>("type_vocab_size", c.type_vocab_size);
     c.layer_norm_eps = r.optional<double>("layer_norm_eps", c.layer_norm_eps);
     c.pad_token_id = r.optional<int64_t>("pad_token_id", c.pad_token_id);
+    auto id = [&](const char* key) {
+      return j.contains(key) && !j.at(key).is_null() ? std::optional<int64_t>(r.optional<int64_t>(key, 0)) : std::nullopt;
+    };
+    c.cls_token_id = id("cls_token_id"), c.sep_token_id = id("sep_token_id");
+    const auto type = j.contains("model_type") && j.at("model_type").is_string() ? j.at("model_type").get<std::string>() : "";
+    if (type == "roberta" || type == "xlm-roberta") {  // <s> and </s> play [CLS] and [SEP]
+      if (!c.cls_token_id) c.cls_token_id = id("bos_token_id");
+      if (!c.sep_token_id) c.sep_token_id = id("eos_token_id");
+    }
     if (j.contains("classifier_dropout") && !j.at("classifier_dropout").is_null())
       c.classifier_dropout = r.optional<double>("classifier_dropout", 0.0);
     const auto pos = r.optional<std::string>("position_embedding_type", "absolute");
@@ -80,7 +95,27 @@ struct BertConfig {
     c.validate(source);
     return c;
   }
-  static BertConfig from_file(const std::string& path) { return from_json(detail::read_json_file(path), path); }
+  /// config.json; [CLS] / [SEP] ids it lacks come from a vocab.txt in the same folder (line number = id).
+  static BertConfig from_file(const std::string& path) {
+    auto c = from_json(detail::read_json_file(path), path);
+    if (c.cls_token_id && c.sep_token_id) return c;
+    const auto slash = path.find_last_of('/');
+    std::ifstream vocab((slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + "vocab.txt");
+    std::string line;
+    for (int64_t i = 0; vocab && std::getline(vocab, line); ++i) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line == "[CLS]" && !c.cls_token_id) c.cls_token_id = i;
+      if (line == "[SEP]" && !c.sep_token_id) c.sep_token_id = i;
+    }
+    return c;
+  }
+  /// The special ids in the order of their roles ([CLS], [SEP]); empty when unknown.
+  std::vector<int64_t> special_token_ids() const {
+    std::vector<int64_t> ids;
+    if (cls_token_id) ids.push_back(*cls_token_id);
+    if (sep_token_id) ids.push_back(*sep_token_id);
+    return ids;
+  }
 
   json to_json() const {
     json j;
@@ -98,6 +133,8 @@ struct BertConfig {
     j["type_vocab_size"] = type_vocab_size;
     j["layer_norm_eps"] = layer_norm_eps;
     j["pad_token_id"] = pad_token_id;
+    if (cls_token_id) j["cls_token_id"] = *cls_token_id;
+    if (sep_token_id) j["sep_token_id"] = *sep_token_id;
     j["position_embedding_type"] = "absolute";
     j["classifier_dropout"] = classifier_dropout ? json(*classifier_dropout) : json(nullptr);
     j["id2label"] = detail::default_id2label(num_labels);
@@ -221,7 +258,11 @@ class BertEncoderImpl : public torch::nn::Cloneable<BertEncoderImpl> {
   explicit BertEncoderImpl(BertConfig c) : config(std::move(c)) { reset(); }
   void reset() override {
     layer = register_module("layer", torch::nn::ModuleList());
-    for (int64_t i = 0; i < config.num_hidden_layers; ++i) layer->push_back(BertLayer(config));
+    for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+      BertLayer l(config);
+      l->set_special_token_count(3);  // [CLS] and two [SEP] (sentence pairs)
+      layer->push_back(l);
+    }
   }
   at::Tensor forward(at::Tensor x, const nn::AttentionInputs& in = {}) {
     for (std::size_t i = 0; i < layer->size(); ++i) x = layer->ptr<BertLayerImpl>(i)->forward(x, in);
@@ -243,6 +284,7 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
     if (init) init_weights(*this, config.initializer_range);
   }
   void reset() override {
+    if (const auto ids = config.special_token_ids(); !ids.empty()) special_ids_ = at::tensor(ids, at::kLong);
     embeddings = register_module("embeddings", BertEmbeddings(config));
     encoder = register_module("encoder", BertEncoder(config));
     if (pooling_) pooler = register_module("pooler", layout::Dense(config.hidden_size, config.hidden_size));
@@ -252,7 +294,7 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
   EncoderOutput forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                         const at::Tensor& token_type_ids = {}) {
     check_ids(input_ids, attention_mask, token_type_ids);
-    BatchScope scope({{keys::attention_mask, attention_mask}, {keys::input_ids, input_ids}});
+    BatchScope scope({{keys::attention_mask, attention_mask}, {keys::input_ids, input_ids}, {keys::special_token_ids, special_ids_}});
     // Prefix tuning: positions start after the prefixes, as in PEFT (which passes them as a cache).
     const int64_t shift = encoder->layer->size() ? nn::active_prefix_length(*encoder->layer->ptr<BertLayerImpl>(0)->attention) : 0;
     auto x = embeddings->forward(input_ids, token_type_ids, shift);
@@ -293,6 +335,7 @@ class BertModelImpl : public torch::nn::Cloneable<BertModelImpl>, public Pretrai
                        ", received " + peft::detail::shape_str(types.sizes().vec()));
   }
   bool pooling_;
+  at::Tensor special_ids_;  // published for PASTA; undefined when the config names none
 };
 TORCH_MODULE(BertModel);
 

@@ -189,8 +189,16 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
   void reset() override {
     embed_tokens = register_module("embed_tokens", Embedding(EmbeddingOptions(config.vocab_size, config.hidden_size)));
     layers = register_module("layers", torch::nn::ModuleList());
-    for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(nn::TransformerBlock(config.block_options()));
+    for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+      nn::TransformerBlock block(config.block_options());
+      block->set_special_token_count(2);  // bos and eos
+      layers->push_back(block);
+    }
     norm = register_module("norm", RMSNorm(RMSNormOptions(config.hidden_size).eps(config.rms_norm_eps)));
+    std::vector<int64_t> ids;  // published for PASTA: bos, then the eos ids
+    if (config.bos_token_id) ids.push_back(*config.bos_token_id);
+    ids.insert(ids.end(), config.eos_token_ids.begin(), config.eos_token_ids.end());
+    special_ids_ = ids.empty() ? at::Tensor() : at::tensor(ids, at::kLong);
   }
 
   /// input_ids [B, T]; attention_mask [B, past + T] (1 = token, 0 = padding) or undefined;
@@ -206,6 +214,7 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
     const int64_t past = cache ? cache->length() : 0, t = input_ids.size(1);
     BatchScope scope({{keys::attention_mask, attention_mask},
                       {keys::input_ids, input_ids},
+                      {keys::special_token_ids, special_ids_},
                       {keys::past_length, at::scalar_tensor(past, at::kLong)}});
     auto x = embed_tokens(input_ids);
     // Prompt tuning puts virtual tokens in front of the first step's tokens (as PEFT does): they take
@@ -250,6 +259,7 @@ class LlamaModelImpl : public torch::nn::Cloneable<LlamaModelImpl>, public Pretr
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
+  at::Tensor special_ids_;  // published for PASTA: bos and eos ids (undefined when the config has none)
 };
 TORCH_MODULE(LlamaModel);
 

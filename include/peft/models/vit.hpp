@@ -229,7 +229,11 @@ class ViTEncoderImpl : public torch::nn::Cloneable<ViTEncoderImpl> {
   explicit ViTEncoderImpl(ViTConfig c) : config(std::move(c)) { reset(); }
   void reset() override {
     layer = register_module("layer", torch::nn::ModuleList());
-    for (int64_t i = 0; i < config.num_hidden_layers; ++i) layer->push_back(ViTLayer(config));
+    for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+      ViTLayer l(config);
+      l->set_special_token_count(1);  // the CLS token
+      layer->push_back(l);
+    }
   }
   at::Tensor forward(at::Tensor x, const nn::AttentionInputs& in = {}) {
     for (std::size_t i = 0; i < layer->size(); ++i) x = layer->ptr<ViTLayerImpl>(i)->forward(x, in);

@@ -15,12 +15,21 @@
 /// one stacked product (rank d·r for LoRA) whose masked weights are built from mask buffers that live
 /// on the weight's device. Masks hold exactly round(numel·ρ) ones, chosen without replacement by a
 /// portable generator seeded from (seed, module path, copy, matrix): they are regenerated at load and
-/// never stored. The tuner starts as the identity (B = 0, W_up = 0), as the paper says.
+/// never stored. mask_type("2:4") draws N:M structured masks instead (N of every M consecutive entries
+/// along a row; density N/M). The tuner starts as the identity (B = 0, W_up = 0), as the paper says.
+///
+/// Live parameters: an entry under none of the d masks never touches the output and never gets a
+/// gradient; a share 1-(1-ρ)^d of each matrix is live (0.75 at d = 2, ρ = 0.5). The dead entries are
+/// zero from the start (so zero in the file, with any optimizer: their gradient is exactly 0) and
+/// count_parameters / trainable_report leave them out, as the paper compares at equal live parameters.
+/// LoRA dropout draws a fresh mask per copy, as the official code does.
 ///
 /// File (ours): peft_type "CAPABOOST", the inner method's keys (lora_A.weight / lora_B.weight, or
 /// adapter_down / adapter_up), and the inner config under "base_config".
 
 #include <peft/core/adapter_config.hpp>
+#include <peft/core/detail/strings.hpp>
+#include <peft/core/error.hpp>
 #include <peft/nn/feed_forward.hpp>
 #include <peft/tuners/bottleneck.hpp>
 #include <peft/tuners/lora.hpp>
@@ -32,6 +41,9 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace peft {
 
@@ -76,14 +88,56 @@ inline at::Tensor capaboost_mask(at::IntArrayRef shape, double density, uint64_t
   }
   return mask.view(shape);
 }
-/// d masks stacked: [d, shape...], copy i seeded from (seed, module, matrix, i).
+/// An N:M structured {0, 1} mask of a 2-D `shape`: in every group of m consecutive entries of a row,
+/// exactly n ones at positions chosen uniformly (partial Fisher-Yates), from `seed`.
+inline at::Tensor capaboost_nm_mask(at::IntArrayRef shape, int64_t n, int64_t m, uint64_t seed, const std::string& what) {
+  if (shape.size() != 2 || shape[1] % m != 0)
+    throw ConfigError("CapaBoost: an " + std::to_string(n) + ":" + std::to_string(m) + " mask needs rows whose length is a multiple of " +
+                      std::to_string(m) + "; " + what + " has shape " + detail::shape_str(shape.vec()));
+  auto mask = at::zeros(shape, at::kFloat);
+  auto* p = mask.data_ptr<float>();
+  SplitMix64 rng{seed};
+  std::vector<int64_t> perm(static_cast<std::size_t>(m));
+  for (int64_t g = 0; g < mask.numel() / m; ++g) {
+    for (int64_t i = 0; i < m; ++i) perm[static_cast<std::size_t>(i)] = i;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto j = i + static_cast<int64_t>(rng.below(static_cast<uint64_t>(m - i)));
+      std::swap(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+      p[g * m + perm[static_cast<std::size_t>(i)]] = 1.0f;
+    }
+  }
+  return mask;
+}
+/// "random" -> {0, 0}; "N:M" with 0 < N <= M -> {N, M}; anything else throws ConfigError.
+inline std::pair<int64_t, int64_t> capaboost_mask_form(const std::string& type) {
+  if (type == "random") return {0, 0};
+  const auto colon = type.find(':');
+  try {
+    if (colon != std::string::npos) {
+      std::size_t a = 0, b = 0;
+      const auto n = std::stoll(type.substr(0, colon), &a), m = std::stoll(type.substr(colon + 1), &b);
+      if (a == colon && b == type.size() - colon - 1 && n > 0 && n <= m && m <= 64) return {n, m};
+    }
+  } catch (const std::exception&) {
+  }
+  throw ConfigError("CapaBoostConfig: mask_type must be \"random\" or \"N:M\" with 0 < N <= M <= 64 (e.g. \"2:4\"), received \"" +
+                    type + "\"");
+}
+/// d masks stacked: [d, shape...], copy i seeded from (seed, module, matrix, i); `form` from
+/// capaboost_mask_form ({0, 0}: random of `density`).
 inline at::Tensor capaboost_masks(int64_t d, at::IntArrayRef shape, double density, uint64_t seed, const std::string& module,
-                                  const std::string& matrix) {
+                                  const std::string& matrix, std::pair<int64_t, int64_t> form = {0, 0}) {
   std::vector<at::Tensor> ms;
-  for (int64_t i = 0; i < d; ++i)
-    ms.push_back(capaboost_mask(shape, density, seed ^ fnv1a(module + "|" + matrix + "|" + std::to_string(i))));
+  for (int64_t i = 0; i < d; ++i) {
+    const auto s = seed ^ fnv1a(module + "|" + matrix + "|" + std::to_string(i));
+    ms.push_back(form.first ? capaboost_nm_mask(shape, form.first, form.second, s, module + " " + matrix)
+                            : capaboost_mask(shape, density, s));
+  }
   return at::stack(ms);
 }
+/// Entries under at least one of the stacked masks [d, ...]: a {0, 1} tensor of the matrix's shape.
+inline at::Tensor capaboost_live(const at::Tensor& masks) { return (masks.sum(0) > 0).to(masks.scalar_type()); }
+inline int64_t capaboost_dead(const at::Tensor& masks) { return (masks.sum(0) == 0).sum().item<int64_t>(); }
 }  // namespace detail
 
 class CapaBoostConfig : public AdapterConfig {
@@ -94,9 +148,11 @@ class CapaBoostConfig : public AdapterConfig {
 
   /// d: masked copies of each shared weight.
   TORCH_ARG(int64_t, num_copies) = 2;
-  /// ρ: share of ones in every mask.
+  /// ρ: share of ones in every mask (random masks).
   TORCH_ARG(double, density) = 0.5;
   TORCH_ARG(int64_t, seed) = 0;
+  /// "random" (density ρ, unstructured) or "N:M" structured, e.g. "2:4" (density N/M; `density` unused).
+  TORCH_ARG(std::string, mask_type) = "random";
 
  public:
   const AdapterConfig& base_config() const { return *inner_; }
@@ -113,6 +169,7 @@ class CapaBoostConfig : public AdapterConfig {
     if (num_copies_ < 1) throw ConfigError("CapaBoostConfig: num_copies must be >= 1, received " + std::to_string(num_copies_));
     if (!(density_ > 0.0 && density_ <= 1.0)) throw ConfigError("CapaBoostConfig: density must be in (0, 1]");
     if (auto* l = lora(); l && l->use_dora()) throw ConfigError("CapaBoostConfig: LoRA with use_dora is not supported");
+    detail::capaboost_mask_form(mask_type_);
   }
   std::shared_ptr<torch::nn::Module> make_tuner(TunableSlot& slot, const std::string& name,
                                                 const std::shared_ptr<const AdapterConfig>& self) const override;
@@ -123,6 +180,7 @@ class CapaBoostConfig : public AdapterConfig {
     j["num_copies"] = num_copies_;
     j["density"] = density_;
     j["seed"] = seed_;
+    j["mask_type"] = mask_type_;
     j["base_config"] = inner_->to_json();
     j["inference_mode"] = inner_->frozen();
     detail::CommonConfigFields::stamp(j);
@@ -141,6 +199,7 @@ class CapaBoostConfig : public AdapterConfig {
     detail::read_field(j, "num_copies", c->num_copies_, source);
     detail::read_field(j, "density", c->density_, source);
     detail::read_field(j, "seed", c->seed_, source);
+    detail::read_field(j, "mask_type", c->mask_type_, source);
     return c;
   }
   bool frozen() const override { return inner_->frozen(); }
@@ -158,9 +217,10 @@ class CapaBoostConfig : public AdapterConfig {
 /// CapaBoost over LoRA on a Linear: shared A [r, in], B [out, r]; masks [d, r, in], [d, out, r].
 class CapaBoostLoraImpl : public torch::nn::Cloneable<CapaBoostLoraImpl>, public Tuner {
  public:
-  CapaBoostLoraImpl(int64_t in, int64_t out, LoraSpec spec, int64_t copies, double density, uint64_t seed, std::string module)
+  CapaBoostLoraImpl(int64_t in, int64_t out, LoraSpec spec, int64_t copies, double density, uint64_t seed, std::string module,
+                    std::pair<int64_t, int64_t> form = {0, 0})
       : in_features(in), out_features(out), spec(std::move(spec)), copies(copies), density(density), seed(seed),
-        module(std::move(module)) {
+        module(std::move(module)), form(form) {
     reset();
   }
   int64_t in_features, out_features;
@@ -169,6 +229,7 @@ class CapaBoostLoraImpl : public torch::nn::Cloneable<CapaBoostLoraImpl>, public
   double density;
   uint64_t seed;
   std::string module;
+  std::pair<int64_t, int64_t> form;  // N:M, or {0, 0} for random masks
   at::Tensor lora_A, lora_B, mask_A, mask_B;
 
   void reset() override {
@@ -176,9 +237,14 @@ class CapaBoostLoraImpl : public torch::nn::Cloneable<CapaBoostLoraImpl>, public
     lora_B = detail::register_keep_grad(*this, "lora_B", lora_B, at::empty({out_features, spec.r}));
     init_lora_pair(lora_A, lora_B, spec.init, spec.r);
     // Buffers: they follow the weights to any device and dtype, and are not trainable or saved.
-    mask_A = register_buffer("mask_A", detail::capaboost_masks(copies, {spec.r, in_features}, density, seed, module, "A"));
-    mask_B = register_buffer("mask_B", detail::capaboost_masks(copies, {out_features, spec.r}, density, seed, module, "B"));
+    mask_A = register_buffer("mask_A", detail::capaboost_masks(copies, {spec.r, in_features}, density, seed, module, "A", form));
+    mask_B = register_buffer("mask_B", detail::capaboost_masks(copies, {out_features, spec.r}, density, seed, module, "B", form));
+    torch::NoGradGuard g;  // entries under no mask: zero, never trained
+    lora_A.mul_(detail::capaboost_live(mask_A));
+    lora_B.mul_(detail::capaboost_live(mask_B));
+    dead_ = detail::capaboost_dead(mask_A) + detail::capaboost_dead(mask_B);
   }
+  int64_t dead_parameters() const override { return dead_; }
   Placement placement() const override { return Placement::parallel; }
   std::string method() const override { return "capaboost_lora"; }
   const std::shared_ptr<const AdapterConfig>& config() const override { return spec.config; }
@@ -192,11 +258,16 @@ class CapaBoostLoraImpl : public torch::nn::Cloneable<CapaBoostLoraImpl>, public
     return {a, b};
   }
   at::Tensor parallel(const at::Tensor& x, const at::Tensor& y) override {
-    at::Tensor in = x;
-    if (spec.dropout > 0 && is_training()) in = at::dropout(x, spec.dropout, true);
     auto [a, b] = stacked();
-    const auto h = at::matmul(in, a.t());
-    auto out = at::addmm(y.reshape({-1, out_features}), h.reshape({-1, copies * spec.r}), b.t(), 1, spec.scaling);
+    at::Tensor h;
+    if (spec.dropout > 0 && is_training()) {  // a fresh dropout mask per copy: [d, N, in] x [d, in, r]
+      const auto rows = x.reshape({-1, in_features});
+      auto xs = at::dropout(rows.unsqueeze(0).expand({copies, rows.size(0), in_features}), spec.dropout, true);
+      h = at::bmm(xs, a.view({copies, spec.r, in_features}).transpose(1, 2)).permute({1, 0, 2}).reshape({-1, copies * spec.r});
+    } else {
+      h = at::matmul(x, a.t()).reshape({-1, copies * spec.r});
+    }
+    auto out = at::addmm(y.reshape({-1, out_features}), h, b.t(), 1, spec.scaling);
     return out.view(y.sizes());
   }
   WeightSet delta(const WeightSet&) const override {
@@ -208,8 +279,13 @@ class CapaBoostLoraImpl : public torch::nn::Cloneable<CapaBoostLoraImpl>, public
   }
   void pretty_print(std::ostream& s) const override {
     s << "peft::CapaBoostLora(in_features=" << in_features << ", out_features=" << out_features << ", r=" << spec.r
-      << ", copies=" << copies << ", density=" << density << ")";
+      << ", copies=" << copies;
+    if (form.first) s << ", mask=" << form.first << ":" << form.second << ")";
+    else s << ", density=" << density << ")";
   }
+
+ private:
+  int64_t dead_ = 0;
 };
 TORCH_MODULE(CapaBoostLora);
 
@@ -218,9 +294,9 @@ class CapaBoostAdapterImpl : public torch::nn::Cloneable<CapaBoostAdapterImpl>, 
  public:
   CapaBoostAdapterImpl(int64_t in, int64_t out, int64_t size, std::string act, double scaling, Placement where,
                        int64_t copies, double density, uint64_t seed, std::string module,
-                       std::shared_ptr<const AdapterConfig> config)
+                       std::shared_ptr<const AdapterConfig> config, std::pair<int64_t, int64_t> form = {0, 0})
       : in_features(in), out_features(out), size(size), act_name(std::move(act)), scaling(scaling), where(where),
-        copies(copies), density(density), seed(seed), module(std::move(module)), config_(std::move(config)) {
+        copies(copies), density(density), seed(seed), module(std::move(module)), form(form), config_(std::move(config)) {
     reset();
   }
   int64_t in_features, out_features, size;
@@ -231,15 +307,21 @@ class CapaBoostAdapterImpl : public torch::nn::Cloneable<CapaBoostAdapterImpl>, 
   double density;
   uint64_t seed;
   std::string module;
+  std::pair<int64_t, int64_t> form;
   torch::nn::Linear adapter_down{nullptr}, adapter_up{nullptr};
   at::Tensor mask_down, mask_up;
 
   void reset() override {
     act_ = nn::activation(act_name);
     std::tie(adapter_down, adapter_up) = detail::register_bottleneck(*this, in_features, size, out_features);
-    mask_down = register_buffer("mask_down", detail::capaboost_masks(copies, {size, in_features}, density, seed, module, "down"));
-    mask_up = register_buffer("mask_up", detail::capaboost_masks(copies, {out_features, size}, density, seed, module, "up"));
+    mask_down = register_buffer("mask_down", detail::capaboost_masks(copies, {size, in_features}, density, seed, module, "down", form));
+    mask_up = register_buffer("mask_up", detail::capaboost_masks(copies, {out_features, size}, density, seed, module, "up", form));
+    torch::NoGradGuard g;  // entries under no mask: zero, never trained (the biases are unmasked)
+    adapter_down->weight.mul_(detail::capaboost_live(mask_down));
+    adapter_up->weight.mul_(detail::capaboost_live(mask_up));
+    dead_ = detail::capaboost_dead(mask_down) + detail::capaboost_dead(mask_up);
   }
+  int64_t dead_parameters() const override { return dead_; }
   Placement placement() const override { return where; }
   std::string method() const override { return "capaboost_adapter"; }
   const std::shared_ptr<const AdapterConfig>& config() const override { return config_; }
@@ -266,24 +348,26 @@ class CapaBoostAdapterImpl : public torch::nn::Cloneable<CapaBoostAdapterImpl>, 
  private:
   std::function<at::Tensor(const at::Tensor&)> act_;
   std::shared_ptr<const AdapterConfig> config_;
+  int64_t dead_ = 0;
 };
 TORCH_MODULE(CapaBoostAdapter);
 
 inline std::shared_ptr<torch::nn::Module> CapaBoostConfig::make_tuner(TunableSlot& slot, const std::string& name,
                                                                       const std::shared_ptr<const AdapterConfig>& self) const {
   const auto s = static_cast<uint64_t>(seed_);
+  const auto form = detail::capaboost_mask_form(mask_type_);
   if (const auto* l = lora()) {
     auto* lin = dynamic_cast<LinearImpl*>(&slot.as_module());
     if (!lin) throw MatchError("CapaBoost-LoRA cannot adapt module '" + name + "' of kind " + slot.op_kind() + " (expected Linear)");
     auto [r, alpha] = l->rank_alpha(name);
     LoraSpec spec{r, alpha, lora_scaling(alpha, r, l->use_rslora()), l->lora_dropout(), l->init_lora_weights().mode, self};
     return std::make_shared<CapaBoostLoraImpl>(lin->options.in_features(), lin->options.out_features(), spec, num_copies_,
-                                               density_, s, name);
+                                               density_, s, name, form);
   }
   const auto* a = adapter();
   auto [in, out, size] = a->shape_for(slot, name);
   return std::make_shared<CapaBoostAdapterImpl>(in, out, size, a->non_linearity(), a->scaling(), a->placement(), num_copies_,
-                                                density_, s, name, self);
+                                                density_, s, name, self, form);
 }
 
 PEFT_REGISTER_METHOD(capaboost, CapaBoostConfig, "CAPABOOST", "CapaBoost")

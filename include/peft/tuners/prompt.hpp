@@ -38,8 +38,9 @@ class PromptTuningConfig : public PromptLearningConfig<PromptTuningConfig> {
   TORCH_ARG(bool, deep) = false;
   /// "RANDOM" (N(0, 1), PEFT's), "TEXT" (the token embeddings of init_token_ids, repeated or cut to n
   /// as PEFT does with its tokenized text), "SAMPLE_VOCAB" (embeddings of random vocabulary entries)
-  /// or "XAVIER" (U(±sqrt(6 / (n + d))), VPT's). TEXT and SAMPLE_VOCAB need a token embedding. The
-  /// further layers of deep prompts use XAVIER when asked, else RANDOM.
+  /// or "XAVIER" (VPT's: U(±sqrt(6 / (fan + d))) with fan the patch embedding's fan-in C·p², as
+  /// VPT's code does with 3·p²; on a model without a patch embedding, fan = n). TEXT and SAMPLE_VOCAB
+  /// need a token embedding. The further layers of deep prompts use XAVIER when asked, else RANDOM.
   TORCH_ARG(std::string, prompt_tuning_init) = "RANDOM";
   TORCH_ARG(std::vector<int64_t>, init_token_ids);
   /// Kept for PEFT (the text PEFT would tokenize); C++ takes init_token_ids.
@@ -101,6 +102,10 @@ class PromptTuningConfig : public PromptLearningConfig<PromptTuningConfig> {
     const int64_t d = token ? emb.front().second->base_weights().weight.size(1) : emb.front().second->features().second;
     if (d <= 0) throw MatchError(cls + ": the width of '" + emb.front().first + "' is unknown");
     detail::fill_or_check(token_dim_, d, "token_dim", cls);
+    // VPT's Xavier bound uses the patch embedding's fan-in: the embeddings op's 4-D (Conv2d) weight.
+    patch_fan_ = 0;
+    for (const auto& p : emb.front().second->as_module().parameters(true))
+      if (p.dim() == 4) patch_fan_ = p.size(1) * p.size(2) * p.size(3);
     if (deep_) {
       // The first block reads the prompts the embedding inserted; every further one gets its own.
       auto first = std::min_element(blocks.begin(), blocks.end(), [](const auto& a, const auto& b) {
@@ -143,6 +148,7 @@ class PromptTuningConfig : public PromptLearningConfig<PromptTuningConfig> {
 
  private:
   int64_t position_ = 0;  // resolved insert position (complete())
+  int64_t patch_fan_ = 0;  // the patch embedding's fan-in C·p² (complete()), 0: none
 };
 
 /// n prompt tokens [n, d]. Output placement on the embedding op: inserted at `position` of the
@@ -207,8 +213,8 @@ inline std::shared_ptr<torch::nn::Module> PromptTuningConfig::make_tuner(Tunable
   torch::NoGradGuard g;
   const auto n = num_virtual_tokens_;
   const auto& init = prompt_tuning_init_;
-  if (init == "XAVIER") {
-    const double a = std::sqrt(6.0 / static_cast<double>(n + token_dim_));
+  if (init == "XAVIER") {  // VPT: fan = C·p² of the patch embedding (3·p² for RGB)
+    const double a = std::sqrt(6.0 / static_cast<double>((patch_fan_ > 0 ? patch_fan_ : n) + token_dim_));
     t->prompt.uniform_(-a, a);
   } else if (!block && (init == "TEXT" || init == "SAMPLE_VOCAB") && !inference_mode_) {
     const auto w = slot.base_weights().weight;

@@ -38,6 +38,8 @@ class RLRRConfig : public LayerTunerConfig<RLRRConfig> {
   TORCH_ARG(std::string, init) = "paper";
   /// SSF scale/shift after every norm and Conv2d (the patch embedding).
   TORCH_ARG(bool, ssf) = true;
+  /// Start the modules_to_save copies (the classification head) at zero, as the official code does.
+  TORCH_ARG(bool, zero_head) = false;
 
  public:
   std::string peft_type() const override { return "RLRR"; }
@@ -48,7 +50,10 @@ class RLRRConfig : public LayerTunerConfig<RLRRConfig> {
   void validate() const override {
     if (init_ != "paper" && init_ != "zero")
       throw ConfigError("RLRRConfig: init must be \"paper\" or \"zero\", received \"" + init_ + "\"");
+    if (zero_head_ && modules_to_save_.empty())
+      throw ConfigError("RLRRConfig: zero_head zeroes the head trained in full, but modules_to_save is empty (e.g. {\"classifier\"})");
   }
+  bool zero_saved_modules() const override { return zero_head_; }
   bool targets(const TunableSlot& slot, const std::string& name) const override {
     const std::string kind = slot.op_kind();
     if (kind == "Linear") return AdapterConfig::targets(slot, name);
@@ -66,6 +71,7 @@ class RLRRConfig : public LayerTunerConfig<RLRRConfig> {
     write_common(j);
     j["init"] = init_;
     j["ssf"] = ssf_;
+    j["zero_head"] = zero_head_;
     stamp(j);
     return j;
   }
@@ -74,6 +80,7 @@ class RLRRConfig : public LayerTunerConfig<RLRRConfig> {
     c.read_common(j, source);
     detail::read_field(j, "init", c.init_, source);
     detail::read_field(j, "ssf", c.ssf_, source);
+    detail::read_field(j, "zero_head", c.zero_head_, source);
     return c;
   }
 
@@ -117,10 +124,26 @@ class RLRRLinearImpl : public torch::nn::Cloneable<RLRRLinearImpl>, public Tuner
   WeightSet delta(const WeightSet& base) const override {
     return {base.weight * at::outer(rlrr_s_out, rlrr_s_in), has_bias ? rlrr_f : at::Tensor()};
   }
-  void unmerge(WeightSet& base) const override {  // exact inverse of W' = W ⊙ F up to rounding
-    base.weight.div_(factor());  // computed in the promoted dtype, rounded once to the weight's
+  /// W += W ⊙ s_out s_inᵀ, rounded once. Where a factor (1 + s_out s_in) is near zero the product
+  /// no longer holds W (exactly zero at F = 0), so those entries' original values are kept for unmerge.
+  void merge(WeightSet& base) const override {
+    const auto lost = (factor().abs() < kNearZero).flatten().nonzero().flatten();  // row-major positions
+    kept_index_ = lost.numel() ? lost : at::Tensor();
+    kept_values_ = lost.numel() ? at::take(base.weight, lost) : at::Tensor();
+    base.weight.add_(base.weight * at::outer(rlrr_s_out, rlrr_s_in));
+    if (has_bias) base.bias.add_(rlrr_f);
+  }
+  /// W' / F (the relative rounding error stays that of one division), and the kept originals where F
+  /// was near zero: exact where dividing could not be.
+  void unmerge(WeightSet& base) const override {
+    const auto f = factor();
+    base.weight.div_(at::where(f.abs() < kNearZero, at::ones_like(f), f));  // rounded once to the weight's dtype
+    if (kept_index_.defined()) base.weight.put_(kept_index_, kept_values_);
+    kept_index_ = kept_values_ = at::Tensor();
     if (has_bias) base.bias.sub_(rlrr_f);
   }
+  /// |1 + s_out s_in| below this: the merged entry keeps its original for unmerge.
+  static constexpr double kNearZero = 1e-3;
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
     std::vector<std::pair<std::string, at::Tensor>> t = {{"rlrr_s_out", rlrr_s_out}, {"rlrr_s_in", rlrr_s_in}};
     if (has_bias) t.emplace_back("rlrr_f", rlrr_f);
@@ -132,6 +155,7 @@ class RLRRLinearImpl : public torch::nn::Cloneable<RLRRLinearImpl>, public Tuner
 
  private:
   std::shared_ptr<const AdapterConfig> config_;
+  mutable at::Tensor kept_index_, kept_values_;  // set by merge, used by unmerge
 };
 TORCH_MODULE(RLRRLinear);
 
@@ -169,12 +193,22 @@ class SSFImpl : public torch::nn::Cloneable<SSFImpl>, public Tuner {
     shape[static_cast<std::size_t>(channel_dim)] = channels;
     return at::addcmul(ssf_shift.view(shape), y, ssf_scale.view(shape));
   }
+  /// A scale near zero would lose the weights it multiplies: then the op's weight and bias are kept
+  /// for unmerge (rare: γ starts at 1).
   void merge(WeightSet& base) const override {
     const auto g = ssf_scale.to(base.weight.scalar_type()), b = ssf_shift.to(base.weight.scalar_type());
+    const bool lossy = (ssf_scale.abs() < RLRRLinearImpl::kNearZero).any().item<bool>();
+    kept_weight_ = lossy ? base.weight.clone() : at::Tensor();
+    kept_bias_ = lossy ? base.bias.clone() : at::Tensor();
     base.weight.mul_(channel_dim == -1 ? g : g.view({-1, 1, 1, 1}));
     base.bias.mul_(g).add_(b);
   }
   void unmerge(WeightSet& base) const override {
+    if (kept_weight_.defined()) {
+      base.weight.copy_(kept_weight_), base.bias.copy_(kept_bias_);
+      kept_weight_ = kept_bias_ = at::Tensor();
+      return;
+    }
     const auto g = ssf_scale.to(base.weight.scalar_type()), b = ssf_shift.to(base.weight.scalar_type());
     base.bias.sub_(b).div_(g);
     base.weight.div_(channel_dim == -1 ? g : g.view({-1, 1, 1, 1}));
@@ -186,6 +220,7 @@ class SSFImpl : public torch::nn::Cloneable<SSFImpl>, public Tuner {
 
  private:
   std::shared_ptr<const AdapterConfig> config_;
+  mutable at::Tensor kept_weight_, kept_bias_;  // set by a lossy merge, used by unmerge
 };
 TORCH_MODULE(SSF);
 
