@@ -173,6 +173,14 @@ TEST_CASE("PASTA takes the special tokens from the model, never BERT's ids by de
     peft::BatchScope scope(peft::keys::special_token_index, torch::tensor({{-1, 0, 1, -1, -1, -1}}, torch::kLong));
     CHECK_FALSE(torch::allclose(lm->forward(ids), got));
   }
+  {  // Padding with eos (a common LLaMA setup): padded positions are not special.
+    auto padded = torch::tensor({{1, 5, 6, 2, 2, 2}}, torch::kLong);
+    auto mask = torch::tensor({{1, 1, 1, 1, 0, 0}}, torch::kLong);
+    torch::Tensor out;
+    REQUIRE_NOTHROW(out = lm->forward(padded, mask));
+    peft::BatchScope scope(peft::keys::special_token_index, torch::tensor({{0, -1, -1, 1, -1, -1}}, torch::kLong));
+    CHECK(torch::equal(lm->forward(padded, mask), out));
+  }
   // Explicit ids win over the model's.
   M::LlamaForCausalLM lm2(cfg);
   lm2->eval();

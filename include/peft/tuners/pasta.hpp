@@ -135,20 +135,25 @@ inline at::Tensor special_token_indices(int64_t batch, int64_t t, int64_t m, con
     auto p = published.to(at::kCPU, at::kLong).contiguous();
     special_ids.assign(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + p.numel());
   }
+  const auto mask = given.defined() ? at::Tensor() : batch_info(keys::attention_mask);
   struct Cache {
-    at::Tensor source, result;
+    at::Tensor source, result, mask;
     int64_t version = -1, t = -1, m = -1;
     std::vector<int64_t> ids;
   };
   thread_local Cache cache;
   if (cache.source.defined() && cache.source.is_same(src) && cache.version == static_cast<int64_t>(src._version()) &&
-      cache.t == t && cache.m == m && cache.ids == special_ids && cache.result.device() == device)
+      cache.t == t && cache.m == m && cache.ids == special_ids && cache.result.device() == device &&
+      cache.mask.defined() == mask.defined() && (!mask.defined() || cache.mask.is_same(mask)))
     return cache.result;
 
   at::Tensor idx = src;
   if (!given.defined()) {
     auto special = at::zeros_like(src, src.options().dtype(at::kBool));
     for (const auto id : special_ids) special = special | (src == id);
+    // Padding is never special, even where the pad id is a special id (LLaMA setups often pad with eos).
+    if (mask.defined() && mask.dim() == 2 && mask.size(0) == src.size(0) && mask.size(1) >= src.size(1))
+      special = special & (mask.slice(1, mask.size(1) - src.size(1)).to(src.device()) != 0);
     auto rank = special.to(at::kLong).cumsum(1) - 1;
     idx = at::where(special, rank, at::full_like(rank, -1));
   }
@@ -161,7 +166,7 @@ inline at::Tensor special_token_indices(int64_t batch, int64_t t, int64_t m, con
     throw InputError("PASTA: the batch has " + std::to_string(most + 1) +
                      " special tokens in a row, but the adapter has num_special_tokens = " + std::to_string(m) +
                      " (use 3 for sentence pairs)");
-  cache = {src, idx, static_cast<int64_t>(src._version()), t, m, special_ids};
+  cache = {src, idx, mask, static_cast<int64_t>(src._version()), t, m, special_ids};
   return idx;
 }
 
