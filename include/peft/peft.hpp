@@ -52,6 +52,13 @@
 #include <peft/io/merge_checkpoint.hpp>
 #include <peft/io/safetensors.hpp>
 
+#include <peft/text/bpe.hpp>
+#include <peft/text/datasets.hpp>
+#include <peft/text/encoding.hpp>
+#include <peft/text/tokenizer.hpp>
+#include <peft/text/unicode.hpp>
+#include <peft/text/wordpiece.hpp>
+
 #include <peft/models/bert.hpp>
 #include <peft/models/common.hpp>
 #include <peft/models/llama.hpp>

@@ -9,10 +9,11 @@
 #   nn      building blocks made of slots: attention, FFN, block, RMSNorm, batch context
 #   tuners  one header per method, and the method registry
 #   io      safetensors, adapter files, checkpoint merge
+#   text    Unicode, tokenizers, labelled text files
 #   models  the model zoo and whole-checkpoint loading
 #   train   training helpers
 # peft.hpp, the umbrella, may include anything.
-set(layers core slots nn tuners io models train)
+set(layers core slots nn tuners io text models train)
 set(root "${PEFT_SOURCE}/include/peft")
 file(GLOB_RECURSE headers RELATIVE "${root}" "${root}/*.hpp")
 list(SORT headers)

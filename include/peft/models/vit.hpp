@@ -105,6 +105,20 @@ struct EncoderOutput {
   at::Tensor pooler_output;      ///< [B, hidden], undefined without a pooler
 };
 
+/// Mean of the hidden states over the tokens where attention_mask is 1 ([B, T, d], [B, T] -> [B, d]),
+/// L2-normalised when `normalize` (sentence-transformers' mean-pooling + Normalize recipe, as used by
+/// all-MiniLM-L6-v2). An undefined mask averages every position.
+inline at::Tensor mean_pool(const at::Tensor& hidden, const at::Tensor& attention_mask, bool normalize = false) {
+  at::Tensor pooled;
+  if (attention_mask.defined()) {
+    const auto m = attention_mask.unsqueeze(-1).to(hidden.scalar_type());
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9);
+  } else {
+    pooled = hidden.mean(1);
+  }
+  return normalize ? pooled / pooled.norm(2, -1, true).clamp_min(1e-12) : pooled;
+}
+
 /// `embeddings`: CLS token + patch projection (a Conv2d slot) + position embeddings. A tunable op
 /// itself: pixels in, [B, 1 + patches, hidden] out (prompt tuning attaches here as an output tuner).
 class ViTEmbeddingsImpl : public CompositeSlot<ViTEmbeddingsImpl> {
