@@ -166,8 +166,11 @@ class LoraConfig : public AdapterConfig {
     j["target_modules"] = target_modules_.to_json();
     // PEFT before 0.14 rejects keys it does not know: fields newer PEFT added are written only when set.
     if (!exclude_modules_.empty()) j["exclude_modules"] = exclude_modules_.to_json();
-    j["lora_alpha"] = lora_alpha_ == std::floor(lora_alpha_) ? nlohmann::ordered_json(static_cast<int64_t>(lora_alpha_))
-                                                             : nlohmann::ordered_json(lora_alpha_);
+    // an integral alpha is written as an integer, as PEFT does; one past 2^53 (or not finite) stays a
+    // double: converting it to int64 would be undefined (the config fuzzer found 8.9e25)
+    const bool integral = std::isfinite(lora_alpha_) && lora_alpha_ == std::floor(lora_alpha_) &&
+                          std::fabs(lora_alpha_) < 9.0e15;
+    j["lora_alpha"] = integral ? nlohmann::ordered_json(static_cast<int64_t>(lora_alpha_)) : nlohmann::ordered_json(lora_alpha_);
     j["lora_dropout"] = lora_dropout_;
     j["fan_in_fan_out"] = fan_in_fan_out_;
     j["bias"] = bias_;
