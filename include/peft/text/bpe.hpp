@@ -211,9 +211,7 @@ class Bpe {
     if (j.contains("post_processor") && !j["post_processor"].is_null()) read_post_processor(j["post_processor"]);
     if (j.contains("added_tokens"))
       for (const auto& a : j["added_tokens"]) {
-        AddedToken t{a.at("content").get<std::string>(), a.at("id").get<std::int64_t>(), a.value("special", false),
-                     a.value("normalized", false), a.value("lstrip", false), a.value("rstrip", false),
-                     a.value("single_word", false)};
+        AddedToken t = added_token_from_json(a);
         if (t.id < 0) throw ConfigError(source_ + ": added token \"" + t.content + "\" has a negative id");
         if (t.id >= static_cast<std::int64_t>(vocab_.size())) vocab_.resize(static_cast<std::size_t>(t.id) + 1);
         vocab_[static_cast<std::size_t>(t.id)] = t.content;

@@ -96,6 +96,13 @@ struct AddedToken {
   bool single_word = false;  ///< only where it is not inside a word
 };
 
+/// One entry of tokenizer.json's "added_tokens".
+template <class Json>
+AddedToken added_token_from_json(const Json& a) {
+  return {a.at("content").template get<std::string>(), a.at("id").template get<std::int64_t>(), a.value("special", false),
+          a.value("normalized", false), a.value("lstrip", false), a.value("rstrip", false), a.value("single_word", false)};
+}
+
 /// A piece of text after splitting on added tokens: either an added token's id or plain text.
 struct Piece {
   std::u32string text;

@@ -396,9 +396,7 @@ class WordPiece {
       std::vector<AddedToken> added;
       if (j.contains("added_tokens"))
         for (const auto& a : j["added_tokens"])
-          added.push_back({a.at("content").get<std::string>(), a.at("id").get<std::int64_t>(), a.value("special", false),
-                           a.value("normalized", false), a.value("lstrip", false), a.value("rstrip", false),
-                           a.value("single_word", false)});
+          added.push_back(added_token_from_json(a));
       return WordPiece(std::move(vocab), std::move(o), std::move(added), src);
     } catch (const nlohmann::json::exception& e) {
       throw ConfigError(src + ": unexpected tokenizer.json layout (" + e.what() + ")");
