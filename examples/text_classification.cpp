@@ -27,33 +27,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Split {
-  torch::Tensor ids, mask, labels;  // [N, T], [N, T], [N]
-  int64_t size() const { return labels.size(0); }
-};
-
-Split tokenize(const peft::text::Tokenizer& tok, const std::vector<peft::text::LabelledText>& rows,
-               const std::map<std::string, int64_t>& label_index, std::size_t max_length) {
-  std::vector<std::string> texts;
-  std::vector<int64_t> labels;
-  for (const auto& r : rows) texts.push_back(r.text), labels.push_back(label_index.at(r.label));
-  auto b = tok.encode_batch(texts, max_length);
-  return {b.input_ids, b.attention_mask, torch::tensor(labels, torch::kLong)};
-}
-
-double accuracy(peft::models::BertForSequenceClassification& model, const Split& s, int64_t batch) {
+double accuracy(peft::models::BertForSequenceClassification& model, const peft::text::TextDataset& data) {
   torch::NoGradGuard g;
   model->eval();
   int64_t right = 0;
-  for (int64_t i = 0; i < s.size(); i += batch) {
-    const int64_t n = std::min(batch, s.size() - i);
-    // trim the batch to its longest row: padding costs time, not accuracy
-    const int64_t t = std::max<int64_t>(1, s.mask.narrow(0, i, n).sum(1).max().item<int64_t>());
-    auto logits = model->forward(s.ids.narrow(0, i, n).narrow(1, 0, t), s.mask.narrow(0, i, n).narrow(1, 0, t));
-    right += logits.argmax(1).eq(s.labels.narrow(0, i, n)).sum().item<int64_t>();
-  }
+  peft::text::DataLoader::Options o;
+  o.batch_size = 64, o.shuffle = false;  // in order; each batch trimmed to its longest row
+  for (const auto& b : peft::text::DataLoader(data, o))
+    right += model->forward(b.input_ids, b.attention_mask, b.token_type_ids).argmax(1).eq(b.labels).sum().item<int64_t>();
   model->train();
-  return static_cast<double>(right) / static_cast<double>(s.size());
+  return static_cast<double>(right) / static_cast<double>(data.size());
 }
 
 }  // namespace
@@ -97,30 +80,23 @@ int main(int argc, char** argv) {
   }
   try {
 
-    // 1. data: a seeded shuffle, then train / test
-    auto rows = peft::text::read_labelled_csv(csv);
-    std::mt19937 rng(static_cast<unsigned>(seed));
-    std::shuffle(rows.begin(), rows.end(), rng);
-    std::map<std::string, int64_t> label_index;
-    for (const auto& r : rows) label_index.emplace(r.label, 0);
-    int64_t k = 0;
-    for (auto& [name, index] : label_index) index = k++;
-    if (label_index.size() < 2) throw peft::InputError(csv + ": fewer than two distinct labels");
+    // 1. data: a seeded split into train / test, tokenised and padded (peft::text's data layer)
+    const auto rows = peft::text::read_labelled_csv(csv);
+    const auto labels = peft::text::LabelSet::from_rows(rows);
+    if (labels.size() < 2) throw peft::InputError(csv + ": fewer than two distinct labels");
     const auto n_train = std::min<std::size_t>(static_cast<std::size_t>(train_n), rows.size() / 2);
     const auto n_test = std::min<std::size_t>(static_cast<std::size_t>(test_n), rows.size() - n_train);
-    const std::vector<peft::text::LabelledText> train_rows(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(n_train));
-    const std::vector<peft::text::LabelledText> test_rows(rows.begin() + static_cast<std::ptrdiff_t>(n_train),
-                                                          rows.begin() + static_cast<std::ptrdiff_t>(n_train + n_test));
+    const auto parts = peft::text::split(rows, {n_train, n_test}, static_cast<uint64_t>(seed));
     const auto tok = peft::text::Tokenizer::from_file(model_dir);
-    const auto train = tokenize(tok, train_rows, label_index, max_length);
-    const auto test = tokenize(tok, test_rows, label_index, max_length);
-    std::printf("data: %s, %zu labels, %zu train / %zu test texts, %lld / %lld tokens padded to %lld\n", csv.c_str(),
-                label_index.size(), n_train, n_test, static_cast<long long>(train.mask.sum().item<int64_t>()),
-                static_cast<long long>(train.mask.numel()), static_cast<long long>(train.ids.size(1)));
+    const auto train = peft::text::encode_classification(tok, parts[0], labels, max_length);
+    const auto test = peft::text::encode_classification(tok, parts[1], labels, max_length);
+    std::printf("data: %s, %zu labels, %zu train / %zu test texts, %lld / %lld tokens padded to %lld\n", csv.c_str(), labels.size(),
+                n_train, n_test, static_cast<long long>(train.tokens()), static_cast<long long>(train.attention_mask.numel()),
+                static_cast<long long>(train.input_ids.size(1)));
 
     // 2. the pretrained model with a fresh classification head
     auto config = peft::models::BertConfig::from_file((fs::path(model_dir) / "config.json").string());
-    config.num_labels = static_cast<int64_t>(label_index.size());
+    config.num_labels = static_cast<int64_t>(labels.size());
     peft::models::BertForSequenceClassification model(config);
     const auto report = peft::load_pretrained(model, model_dir, peft::LoadOptions().strict(false));
     std::printf("model: %s, %zu tensors loaded, new head: %zu tensors\n", model_dir.c_str(), report.loaded, report.new_head.size());
@@ -130,23 +106,21 @@ int main(int argc, char** argv) {
       for (auto& p : model->bert->parameters()) p.set_requires_grad(false);
     }
     std::cout << peft::trainable_report(model) << "\n";
-    std::printf("before training: test accuracy %.1f%%\n", 100 * accuracy(model, test, 64));
+    std::printf("before training: test accuracy %.1f%%\n", 100 * accuracy(model, test));
 
     // 3. train
     auto opt = peft::train::make_adamw(model, lr, 0.01);
     peft::train::WarmupCosine sched(steps, steps / 10, lr);
-    std::uniform_int_distribution<int64_t> pick(0, train.size() - 1);
+    peft::text::DataLoader::Options lo;
+    lo.batch_size = batch, lo.seed = static_cast<uint64_t>(seed);
+    peft::text::DataLoader loader(train, lo);  // shuffled anew each epoch, batches trimmed to their longest row
     double running = 0;
     const auto t_train = std::chrono::steady_clock::now();
     model->train();
     for (int step = 0; step < steps; ++step) {
-      std::vector<int64_t> idx(static_cast<std::size_t>(batch));
-      for (auto& i : idx) i = pick(rng);
-      auto sel = torch::tensor(idx, torch::kLong);
-      auto mask = train.mask.index_select(0, sel);
-      const int64_t t = std::max<int64_t>(1, mask.sum(1).max().item<int64_t>());
-      auto logits = model->forward(train.ids.index_select(0, sel).narrow(1, 0, t), mask.narrow(1, 0, t));
-      auto loss = torch::nn::functional::cross_entropy(logits, train.labels.index_select(0, sel));
+      const auto b = loader.next();
+      auto logits = model->forward(b.input_ids, b.attention_mask, b.token_type_ids);
+      auto loss = torch::nn::functional::cross_entropy(logits, b.labels);
       sched.apply(opt, step);
       opt.zero_grad();
       loss.backward();
@@ -155,7 +129,7 @@ int main(int argc, char** argv) {
       if ((step + 1) % std::max(1, steps / 6) == 0 || step == 0) std::printf("  step %4d  loss %.4f\n", step + 1, running);
     }
     const double train_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-    const double acc = accuracy(model, test, 64);
+    const double acc = accuracy(model, test);
     std::printf("after %d steps (%.2f s/step): test accuracy %.1f%%\n", steps, train_s / steps, 100 * acc);
     if (!out.empty() && method == "lora") {
       peft::save_adapter(model, out);

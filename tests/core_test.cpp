@@ -491,6 +491,27 @@ TEST_CASE("training helpers: AdamW groups, warmup + cosine, evaluation, progress
   for (auto& g : opt.param_groups()) CHECK(g.options().get_lr() == Approx(s.lr(55)));
   CHECK_THROWS_AS(peft::train::WarmupCosine(10, 20, 1.0), peft::ConfigError);
 
+  // the head at its own rate: decay [LoRA, head.weight], no decay [head.bias] (no vector trains in the
+  // body, so that group is left out); the schedule keeps each group's ratio to the base rate
+  auto split = peft::train::make_adamw(model, 1e-2, 0.1, {{"head", 1e-1}});
+  REQUIRE(split.param_groups().size() == 3);
+  const auto rates = peft::train::group_rates(split);
+  CHECK(rates == std::vector<double>{1e-2, 1e-1, 1e-1});
+  CHECK(wd(split.param_groups()[1]) == 0.1);
+  CHECK(wd(split.param_groups()[2]) == 0.0);
+  int64_t in_head = 0, grouped = 0;
+  for (const auto& p : model->named_parameters())
+    if (p.key().rfind("head", 0) == 0 && p.value().requires_grad()) in_head += p.value().numel();
+  for (int g : {1, 2})
+    for (auto& p : split.param_groups()[static_cast<std::size_t>(g)].params()) grouped += p.numel();
+  CHECK(grouped == in_head);
+  peft::train::WarmupCosine s2(100, 10, 1e-2);
+  s2.apply(split, 55, rates);
+  CHECK(split.param_groups()[0].options().get_lr() == Approx(s2.lr(55)));
+  CHECK(split.param_groups()[1].options().get_lr() == Approx(10 * s2.lr(55)));
+  CHECK_THROWS_AS(s2.apply(split, 1, {1.0}), peft::ConfigError);
+  CHECK_THROWS_WITH(peft::train::make_adamw(model, 1e-2, 0.1, {{"nothing", 1.0}}), Catch::Contains("\"nothing\""));
+
   // evaluate(): accuracy and mean cross-entropy against a hand count, in batches that do not divide N.
   auto logits = torch::randn({37, 4});
   auto labels = torch::randint(0, 4, {37}, torch::kLong);

@@ -7,10 +7,13 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <set>
 
 namespace {
 
@@ -266,4 +269,155 @@ TEST_CASE("SmolLM2: our BPE and LlamaForCausalLM on the real weights give transf
     std::vector<int64_t> v(new_tokens.data_ptr<int64_t>(), new_tokens.data_ptr<int64_t>() + new_tokens.numel());
     WARN("SmolLM2: \"" << prompts[i] << "\" -> \"" << tok.decode(v) << "\"");
   }
+}
+
+TEST_CASE("Text data layer: splits, labels, encoding, the loader, the cache", "[text][data]") {
+  namespace T = peft::text;
+  // portable permutation and split: a permutation, fixed by the seed, parts disjoint
+  const auto p = T::permutation(1000, 7);
+  auto sorted = p;
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 0; i < sorted.size(); ++i) REQUIRE(sorted[i] == i);
+  CHECK(T::permutation(1000, 7) == p);
+  CHECK(T::permutation(1000, 8) != p);
+  std::vector<int> items(50);
+  std::iota(items.begin(), items.end(), 0);
+  const auto parts = T::split(items, {30, 10, 5}, 3);
+  REQUIRE(parts.size() == 3);
+  CHECK(parts[0].size() == 30);
+  CHECK(parts[2].size() == 5);
+  std::set<int> seen;
+  for (const auto& part : parts) seen.insert(part.begin(), part.end());
+  CHECK(seen.size() == 45);
+  CHECK_THROWS_WITH(T::split(items, {40, 20}, 0), Catch::Contains("60") && Catch::Contains("50"));
+
+  // labels: sorted, so a file's row order does not change an index; unknown labels named
+  const std::vector<T::LabelledText> rows = {{"pos", "the movie was great !"}, {"neg", "the movie"},
+                                             {"pos", "it was great"}, {"neg", "the cafe"}, {"mid", "it", "the movie"}};
+  const auto labels = T::LabelSet::from_rows(rows);
+  CHECK(labels.names() == std::vector<std::string>{"mid", "neg", "pos"});
+  CHECK(labels.index("pos") == 2);
+  CHECK_THROWS_WITH(labels.index("nope"), Catch::Contains("\"nope\"") && Catch::Contains("mid, neg, pos"));
+  CHECK_THROWS_AS(T::LabelSet({"a", "a"}), peft::InputError);
+
+  // encoding: each row as the tokenizer encodes it (pairs as pairs), padded to the longest
+  std::vector<std::string> vocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "movie", "was", "great", "!", "it", "cafe"};
+  const T::Tokenizer tok(T::WordPiece(vocab, {}));
+  const auto d = T::encode_classification(tok, rows, labels, 0);
+  REQUIRE(d.size() == 5);
+  CHECK(d.input_ids.size(1) == 7);  // [CLS] the movie was great ! [SEP]
+  CHECK(torch::equal(d.labels, torch::tensor({2, 1, 2, 1, 0}, torch::kLong)));
+  const auto pair = tok.encode_pair("it", "the movie");
+  CHECK(torch::equal(d.input_ids[4].narrow(0, 0, 6), torch::tensor(pair.ids, torch::kLong)));
+  CHECK(torch::equal(d.token_type_ids[4].narrow(0, 0, 6), torch::tensor({0, 0, 0, 1, 1, 1}, torch::kLong)));
+  CHECK(d.tokens() == 7 + 4 + 5 + 4 + 6);
+  CHECK(T::encode_classification(tok, rows, labels, 4).input_ids.size(1) == 4);
+
+  // the loader: an epoch sees every row once, batches trimmed to their longest row, a new order per epoch
+  T::DataLoader::Options o;
+  o.batch_size = 2, o.seed = 5;
+  T::DataLoader loader(d, o);
+  CHECK(loader.batches_per_epoch() == 3);
+  std::vector<std::int64_t> first_epoch;
+  for (int k = 0; k < 3; ++k) {
+    const auto b = loader.next();
+    CHECK(b.attention_mask.select(1, b.attention_mask.size(1) - 1).sum().item<int64_t>() >= 1);  // no all-padding column
+    for (int64_t r = 0; r < b.size(); ++r) first_epoch.push_back(b.input_ids[r][1].item<int64_t>() * 100 + b.labels[r].item<int64_t>());
+  }
+  CHECK(first_epoch.size() == 5);
+  CHECK(loader.epoch() == 1);
+  loader.next();
+  CHECK(loader.epoch() == 2);
+  // grouped by length: still every row once per epoch, and batches of similar lengths
+  {
+    std::vector<T::LabelledText> many;
+    const std::vector<std::string> words = {"the", "movie", "was", "great", "it", "cafe"};
+    for (int i = 0; i < 200; ++i) {
+      std::string text;
+      for (int k = 0; k <= (i * 7919) % 23; ++k) text += words[static_cast<std::size_t>(k % 6)] + " ";
+      many.push_back({i % 2 ? "pos" : "neg", text});
+    }
+    const auto md = T::encode_classification(tok, many, labels, 0);
+    T::DataLoader::Options g;
+    g.batch_size = 8, g.seed = 1;
+    int64_t padded_plain = 0, padded_grouped = 0, rows_seen = 0;
+    for (const auto& b : T::DataLoader(md, g)) padded_plain += b.attention_mask.numel();
+    g.group_by_length = true;
+    std::set<int64_t> lengths_seen;
+    T::DataLoader grouped(md, g);
+    for (int k = 0; k < grouped.batches_per_epoch(); ++k) {
+      const auto b = grouped.next();
+      padded_grouped += b.attention_mask.numel();
+      rows_seen += b.size();
+    }
+    CHECK(rows_seen == 200);
+    CHECK(grouped.epoch() == 1);
+    CHECK(padded_grouped < padded_plain * 3 / 4);  // 23 lengths over 200 rows: sorting removes most padding
+    CHECK(md.tokens() * 10 > padded_grouped * 9);
+  }
+  o.shuffle = false, o.batch_size = 4;
+  std::vector<torch::Tensor> in_order;
+  for (const auto& b : T::DataLoader(d, o)) in_order.push_back(b.labels);
+  REQUIRE(in_order.size() == 2);
+  CHECK(torch::equal(torch::cat(in_order), d.labels));
+  o.drop_last = true;
+  CHECK(T::DataLoader(d, o).batches_per_epoch() == 1);
+  o.batch_size = 6;
+  CHECK_THROWS_AS(T::DataLoader(d, o), peft::InputError);
+  o.batch_size = 0;
+  CHECK_THROWS_AS(T::DataLoader(d, o), peft::InputError);
+
+  // causal LM: eos appended, labels = ids except -100 on padding, max_length kept
+  const auto lm = T::encode_causal_lm(tok, {"the movie was great !", "it"}, 5, 3);
+  CHECK(lm.input_ids.size(1) == 5);
+  CHECK(lm.input_ids[0][4].item<int64_t>() == 3);
+  CHECK(torch::equal(lm.labels[1], torch::tensor({2, 9, 3, 3, -100}, torch::kLong)));
+
+  // save / load and the cache: same key reads the file, another key or a damaged file rebuilds it
+  const auto dir = fs::temp_directory_path() / "peft_text_data_test";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  d.save(dir / "d.safetensors");
+  const auto back = T::TextDataset::load(dir / "d.safetensors");
+  CHECK(torch::equal(back.input_ids, d.input_ids));
+  CHECK(torch::equal(back.token_type_ids, d.token_type_ids));
+  CHECK(back.label_names == labels.names());
+  int made = 0;
+  auto make = [&] { return ++made, d; };
+  T::cached(dir / "c.safetensors", "k1", make);
+  T::cached(dir / "c.safetensors", "k1", make);
+  CHECK(made == 1);
+  T::cached(dir / "c.safetensors", "k2", make);
+  CHECK(made == 2);
+  std::ofstream(dir / "c.safetensors", std::ios::trunc) << "garbage";
+  CHECK(torch::equal(T::cached(dir / "c.safetensors", "k2", make).labels, d.labels));
+  CHECK(made == 3);
+  peft::save_safetensors((dir / "other.safetensors").string(), {});
+  CHECK_THROWS_WITH(T::TextDataset::load(dir / "other.safetensors"), Catch::Contains("other.safetensors") && Catch::Contains("input_ids"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("WordNet synsets: words, categories and definitions of the real files", "[text][data]") {
+  const auto dir = peft::text::data_dir() / "wordnet";
+  if (!fs::exists(dir / "data.noun")) {
+    WARN("PEFT_SKIPPED: no WordNet in " << dir << " (scripts/fetch_data.sh)");
+    return;
+  }
+  const auto synsets = peft::text::read_wordnet_synsets(dir);
+  CHECK(synsets.size() == 117659);  // WordNet 3.0: 82,115 noun + 13,767 verb + 18,156 adjective + 3,621 adverb synsets
+  const auto dog = std::find_if(synsets.begin(), synsets.end(), [](const auto& s) {
+    return std::find(s.words.begin(), s.words.end(), "domestic dog") != s.words.end();
+  });
+  REQUIRE(dog != synsets.end());
+  CHECK(dog->lexname == "noun.animal");
+  CHECK(dog->words.front() == "dog");
+  CHECK(dog->definition().rfind("a member of the genus Canis", 0) == 0);
+  CHECK(dog->gloss.find("\"the dog barked all night\"") != std::string::npos);
+  CHECK(dog->definition().find('"') == std::string::npos);
+  // adjective markers such as "(p)" are not part of the word
+  std::size_t marked = 0, words = 0;
+  for (const auto& s : synsets)
+    for (const auto& w : s.words) ++words, marked += w.find('(') != std::string::npos;
+  CHECK(marked == 0);
+  CHECK(words > 200000);
 }

@@ -293,36 +293,12 @@ inline RunResult run(M::ViTForImageClassificationImpl& model, const Task& task, 
   r.trainable = count.trainable, r.total = count.all;
   auto x = task.train.x.to(o.device), y = task.train.y.to(o.device);
   // AdamW in make_adamw's groups (decay / no decay), each split into body and head when the head has
-  // its own rate; `base_lr` holds every group's rate before the schedule's factor.
-  std::vector<double> base_lr;
-  auto make_opt = [&]() -> peft::train::AdamW {
-    auto plain = peft::train::make_adamw(model, o.lr, o.weight_decay);
-    if (o.head_lr <= 0) {
-      base_lr.assign(plain.param_groups().size(), o.lr);
-      return plain;
-    }
-    std::vector<at::Tensor> head;
-    for (const auto& p : model.named_parameters())
-      if (p.value().requires_grad() && p.key().rfind("classifier", 0) == 0) head.push_back(p.value());
-    auto is_head = [&](const at::Tensor& t) {
-      return std::any_of(head.begin(), head.end(), [&](const at::Tensor& h) { return h.is_same(t); });
-    };
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    for (auto& g : plain.param_groups()) {
-      std::vector<at::Tensor> in_head, rest;
-      for (auto& p : g.params()) (is_head(p) ? in_head : rest).push_back(p);
-      const double wd = static_cast<torch::optim::AdamWOptions&>(g.options()).weight_decay();
-      for (auto* part : {&rest, &in_head}) {
-        if (part->empty()) continue;
-        const double lr = part == &in_head ? o.head_lr : o.lr;
-        groups.emplace_back(*part, std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr).weight_decay(wd)));
-        base_lr.push_back(lr);
-      }
-    }
-    return peft::train::AdamW(groups, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
-  };
-  auto opt = make_opt();
-  peft::train::WarmupCosine sched(o.steps, o.steps / 10, 1.0);  // a factor on each group's base rate
+  // its own rate; the schedule is a factor on each group's rate.
+  std::vector<peft::train::PrefixRate> rates;
+  if (o.head_lr > 0) rates.push_back({"classifier", o.head_lr});
+  auto opt = peft::train::make_adamw(model, o.lr, o.weight_decay, rates);
+  const auto base_lr = peft::train::group_rates(opt);
+  peft::train::WarmupCosine sched(o.steps, o.steps / 10, o.lr);
   peft::train::Progress bar(o.steps, method_name + "/" + task.name, 100);
   auto gen = torch::make_generator<torch::CPUGeneratorImpl>(static_cast<uint64_t>(o.seed) + 17);
   peft::train::reset_peak_rss();
@@ -331,7 +307,7 @@ inline RunResult run(M::ViTForImageClassificationImpl& model, const Task& task, 
   model.train();
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t s = 0; s < o.steps; ++s) {
-    for (std::size_t g = 0; g < opt.param_groups().size(); ++g) opt.param_groups()[g].options().set_lr(base_lr[g] * sched.lr(s));
+    sched.apply(opt, s, base_lr);
     auto idx = torch::randint(0, x.size(0), {o.batch}, gen, torch::kLong).to(o.device);
     auto loss = torch::nn::functional::cross_entropy(model.forward(x.index_select(0, idx)), y.index_select(0, idx));
     opt.zero_grad();
@@ -340,7 +316,7 @@ inline RunResult run(M::ViTForImageClassificationImpl& model, const Task& task, 
     losses.push_back(loss.item<double>());
     if (o.progress) bar.update(s + 1, losses.back());
     if (o.log)
-      o.log->write({{"event", "step"}, {"method", method_name}, {"task", task.name}, {"seed", o.seed}, {"lr", o.lr * sched.lr(s)},
+      o.log->write({{"event", "step"}, {"method", method_name}, {"task", task.name}, {"seed", o.seed}, {"lr", sched.lr(s)},
                     {"step", s + 1}, {"loss", losses.back()}});
   }
   r.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -53,7 +53,8 @@
 #include <peft/io/safetensors.hpp>
 
 #include <peft/text/bpe.hpp>
-#include <peft/text/datasets.hpp>
+#include <peft/text/corpora.hpp>
+#include <peft/text/dataset.hpp>
 #include <peft/text/encoding.hpp>
 #include <peft/text/tokenizer.hpp>
 #include <peft/text/unicode.hpp>

@@ -152,23 +152,64 @@ class AdamW : public torch::optim::AdamW {
   std::unordered_map<void*, std::pair<at::Tensor, int64_t>> steps_;
 };
 
+/// A learning rate for the trainable parameters whose qualified name starts with `prefix` (e.g. the
+/// classification head, "classifier": a head trained from scratch and a tuner of a pretrained model
+/// want different rates).
+struct PrefixRate {
+  std::string prefix;
+  double lr;
+};
+
+/// AdamW over the trainable parameters: matrices (and larger) with `weight_decay`, vectors and scalars
+/// (biases, norms, scales, IA3/PASTA vectors) without. Each of those two splits further by `rates`
+/// (first matching prefix wins; unmatched parameters at `lr`), in the order: decay [lr, rates...], then
+/// no decay [lr, rates...], empty groups left out. Throws StateError when nothing trains and ConfigError
+/// for a prefix that matches no trainable parameter. The step is fused on CUDA (peft::train::AdamW).
+/// Schedules keep the groups' ratios with WarmupCosine::apply(opt, step, group_rates(opt)).
+inline AdamW make_adamw(ModelRef model, double lr, double weight_decay, const std::vector<PrefixRate>& rates,
+                        double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8) {
+  // buckets[decay][k]: k = 0 the default rate, k = i + 1 rates[i]
+  std::vector<std::vector<at::Tensor>> buckets[2];
+  for (auto& b : buckets) b.resize(rates.size() + 1);
+  std::vector<bool> used(rates.size(), false);
+  std::unordered_set<const void*> seen;
+  for (const auto& item : model->named_parameters(true)) {
+    const auto& p = item.value();
+    if (!p.requires_grad() || !seen.insert(p.unsafeGetTensorImpl()).second) continue;
+    std::size_t k = 0;
+    for (std::size_t i = 0; i < rates.size() && k == 0; ++i)
+      if (item.key().rfind(rates[i].prefix, 0) == 0) k = i + 1, used[i] = true;
+    buckets[p.dim() >= 2 ? 0 : 1][k].push_back(p);
+  }
+  if (seen.empty()) throw StateError("make_adamw: the model has no trainable parameters (attach an adapter or unfreeze something)");
+  for (std::size_t i = 0; i < rates.size(); ++i)
+    if (!used[i]) throw ConfigError("make_adamw: no trainable parameter's name starts with \"" + rates[i].prefix + "\"");
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (int d = 0; d < 2; ++d)
+    for (std::size_t k = 0; k <= rates.size(); ++k) {
+      if (buckets[d][k].empty()) continue;
+      const double rate = k == 0 ? lr : rates[k - 1].lr;
+      groups.emplace_back(buckets[d][k], std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(rate)
+                                                                                          .betas({beta1, beta2})
+                                                                                          .eps(eps)
+                                                                                          .weight_decay(d == 0 ? weight_decay : 0.0)));
+    }
+  return AdamW(groups, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+}
+
 /// AdamW over the trainable parameters in two groups: matrices (and larger) with `weight_decay`, vectors
 /// and scalars (biases, norms, scales, IA3/PASTA vectors) without. Throws StateError when nothing trains.
 /// The step is fused on CUDA (peft::train::AdamW).
 inline AdamW make_adamw(ModelRef model, double lr, double weight_decay = 0.0, double beta1 = 0.9,
                         double beta2 = 0.999, double eps = 1e-8) {
-  std::vector<at::Tensor> decay, no_decay;
-  for (auto& p : trainable_parameters(model)) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  if (decay.empty() && no_decay.empty())
-    throw StateError("make_adamw: the model has no trainable parameters (attach an adapter or unfreeze something)");
-  auto opts = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(lr).betas({beta1, beta2}).eps(eps).weight_decay(wd));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  if (!decay.empty()) groups.emplace_back(decay, opts(weight_decay));
-  if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
-  return AdamW(groups, torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+  return make_adamw(model, lr, weight_decay, std::vector<PrefixRate>{}, beta1, beta2, eps);
+}
+
+/// Each param group's current learning rate (read before a schedule changes them: the rates it was built with).
+inline std::vector<double> group_rates(torch::optim::Optimizer& opt) {
+  std::vector<double> out;
+  for (auto& g : opt.param_groups()) out.push_back(g.options().get_lr());
+  return out;
 }
 
 /// Bytes of optimizer state (AdamW: two moments per trainable element) currently held.
@@ -203,6 +244,15 @@ class WarmupCosine {
   void apply(torch::optim::Optimizer& opt, int64_t step) const {
     const double v = lr(step);
     for (auto& g : opt.param_groups()) g.options().set_lr(v);
+  }
+  /// Groups at different rates (make_adamw with PrefixRate): group g gets base_rates[g] * lr(step) / base_lr.
+  void apply(torch::optim::Optimizer& opt, int64_t step, const std::vector<double>& base_rates) const {
+    auto& groups = opt.param_groups();
+    if (base_rates.size() != groups.size())
+      throw ConfigError("WarmupCosine::apply: " + std::to_string(base_rates.size()) + " base rates for " +
+                        std::to_string(groups.size()) + " param groups");
+    const double f = base_ == 0 ? 0.0 : lr(step) / base_;
+    for (std::size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_rates[g] * f);
   }
 
  private:

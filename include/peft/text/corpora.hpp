@@ -5,6 +5,7 @@
 #include <peft/core/error.hpp>
 #include <peft/text/unicode.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <filesystem>
@@ -16,10 +17,12 @@
 
 namespace peft::text {
 
-/// One labelled example.
+/// One labelled example: a text, or a pair of texts when `pair` is not empty (encoded as
+/// [CLS] text [SEP] pair [SEP] by a BERT tokenizer).
 struct LabelledText {
   std::string label;
   std::string text;
+  std::string pair = {};
 };
 
 /// The data cache that scripts/fetch_data.sh fills: $PEFT_DATA_DIR, else $HOME/.cache/peft-cpp.
@@ -123,10 +126,24 @@ inline const std::array<const char*, 45>& wordnet_lexnames() {
   return names;
 }
 
-/// Every synset's gloss from WordNet's data.noun, data.verb, data.adj and data.adv in `dir` (Debian
-/// wordnet-base: /usr/share/wordnet), labelled with its lexicographer file name (45 categories).
-inline std::vector<LabelledText> read_wordnet_glosses(const std::filesystem::path& dir) {
-  std::vector<LabelledText> out;
+/// One WordNet synset: its lexicographer category, its words (underscores as spaces, adjective markers
+/// such as "(p)" removed) and its gloss (the definition, then any quoted examples after "; ").
+struct WordNetSynset {
+  std::string lexname;
+  std::vector<std::string> words;
+  std::string gloss;
+  /// The gloss without its examples: up to the first "; \"" (or the whole gloss).
+  std::string definition() const {
+    const auto cut = gloss.find("; \"");
+    return cut == std::string::npos ? gloss : gloss.substr(0, cut);
+  }
+};
+
+/// Every synset of WordNet's data.noun, data.verb, data.adj and data.adv in `dir` (Debian wordnet-base:
+/// /usr/share/wordnet), in file order. A line that is not a synset line throws InputError naming the
+/// file and line.
+inline std::vector<WordNetSynset> read_wordnet_synsets(const std::filesystem::path& dir) {
+  std::vector<WordNetSynset> out;
   for (const char* pos : {"noun", "verb", "adj", "adv"}) {
     const auto path = dir / (std::string("data.") + pos);
     std::ifstream in(path, std::ios::binary);
@@ -134,18 +151,41 @@ inline std::vector<LabelledText> read_wordnet_glosses(const std::filesystem::pat
     std::string line;
     for (std::size_t n = 1; std::getline(in, line); ++n) {
       if (line.empty() || line[0] == ' ') continue;  // the licence header
+      auto bad = [&] { return InputError(path.string() + ": line " + std::to_string(n) + " is not a WordNet synset line"); };
       const auto bar = line.find(" | ");
-      std::istringstream fields(line);
-      std::string offset;
+      std::istringstream fields(line.substr(0, bar));
+      std::string offset, ss_type, count;
       int lexfile = -1;
-      fields >> offset >> lexfile;
-      if (bar == std::string::npos || lexfile < 0 || lexfile >= 45)
-        throw InputError(path.string() + ": line " + std::to_string(n) + " is not a WordNet synset line");
-      auto gloss = line.substr(bar + 3);
-      while (!gloss.empty() && (gloss.back() == ' ' || gloss.back() == '\r')) gloss.pop_back();
-      out.push_back({wordnet_lexnames()[static_cast<std::size_t>(lexfile)], std::move(gloss)});
+      fields >> offset >> lexfile >> ss_type >> count;
+      if (bar == std::string::npos || lexfile < 0 || lexfile >= 45 || !fields) throw bad();
+      WordNetSynset s;
+      s.lexname = wordnet_lexnames()[static_cast<std::size_t>(lexfile)];
+      std::size_t words = 0;
+      try {
+        words = std::stoul(count, nullptr, 16);
+      } catch (const std::exception&) {
+        throw bad();
+      }
+      for (std::size_t w = 0; w < words; ++w) {
+        std::string word, lex_id;
+        if (!(fields >> word >> lex_id)) throw bad();
+        if (const auto paren = word.find('('); paren != std::string::npos && word.back() == ')') word.erase(paren);
+        std::replace(word.begin(), word.end(), '_', ' ');
+        s.words.push_back(std::move(word));
+      }
+      s.gloss = line.substr(bar + 3);
+      while (!s.gloss.empty() && (s.gloss.back() == ' ' || s.gloss.back() == '\r')) s.gloss.pop_back();
+      out.push_back(std::move(s));
     }
   }
+  return out;
+}
+
+/// Every synset's gloss from WordNet's data files in `dir`, labelled with its lexicographer file name
+/// (45 categories).
+inline std::vector<LabelledText> read_wordnet_glosses(const std::filesystem::path& dir) {
+  std::vector<LabelledText> out;
+  for (auto& s : read_wordnet_synsets(dir)) out.push_back({std::move(s.lexname), std::move(s.gloss)});
   return out;
 }
 
