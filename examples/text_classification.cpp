@@ -19,8 +19,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <map>
-#include <random>
 #include <thread>
 
 namespace fs = std::filesystem;
