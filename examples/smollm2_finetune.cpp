@@ -3,6 +3,8 @@
 //
 //   smollm2_finetune                         LoRA r=8 on q_proj, v_proj
 //   smollm2_finetune --method dora           (or prefix, full)
+//   smollm2_finetune --method prefix --prefix-init random   PEFT's N(0, 1) prefixes instead of a real
+//                                            phrase's keys and values (they swamp a 30-layer model)
 //   smollm2_finetune --compare               every method at equal steps: held-out perplexity before and
 //                                            after, tokens/s, peak memory, and each one's generations
 //   smollm2_finetune --out adapter/          the adapter in HF PEFT's layout (PeftModel.from_pretrained)
@@ -85,7 +87,8 @@ struct Outcome {
 int main(int argc, char** argv) {
   CLI::App app{"Fine-tune SmolLM2-135M (LLaMA) on WordNet definitions with LoRA, DoRA, prefix tuning or full fine-tuning, in C++"};
   std::string model_dir = (T::data_dir() / "smollm2").string(), wordnet = (T::data_dir() / "wordnet").string();
-  std::string method = "lora", out, logits_out;
+  std::string method = "lora", out, logits_out, prefix_init = "text";
+  std::string prefix_phrase = "An English dictionary: each noun below is defined in one short sentence.\n";
   bool compare = false;
   int steps = 60, batch = 8, train_n = 2000, val_n = 200, seed = 0, rank = 8, new_tokens = 16;
   std::size_t max_length = 48;
@@ -94,6 +97,9 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_dir, "folder with config.json, model.safetensors and tokenizer.json")->capture_default_str();
   app.add_option("--wordnet", wordnet, "WordNet's data files (Debian wordnet-base)")->capture_default_str();
   app.add_option("--method", method, "lora, dora, prefix or full")->check(CLI::IsMember({"lora", "dora", "prefix", "full"}))->capture_default_str();
+  app.add_option("--prefix-init", prefix_init, "prefix start: text (the activations of --prefix-phrase) or random (PEFT's N(0, 1))")
+      ->check(CLI::IsMember({"text", "random"}))->capture_default_str();
+  app.add_option("--prefix-phrase", prefix_phrase, "the phrase whose keys and values start the prefix (its length in tokens is n)");
   app.add_flag("--compare", compare, "run every method at equal steps and print a table");
   app.add_option("--rank", rank, "LoRA/DoRA rank (alpha = 2 x rank), on q_proj and v_proj")->capture_default_str()->check(cli_checks::Positive);
   app.add_option("--steps", steps, "training steps")->capture_default_str()->check(cli_checks::Positive);
@@ -155,8 +161,18 @@ int main(int argc, char** argv) {
       const double rate = lr > 0 ? lr : m == "full" ? 5e-5 : m == "prefix" ? 1e-2 : 5e-4;
       if (m == "lora" || m == "dora") {
         peft::attach(lm, peft::LoraConfig().r(rank).lora_alpha(2 * rank).target_modules({"q_proj", "v_proj"}).use_dora(m == "dora"));
-      } else if (m == "prefix") {
+      } else if (m == "prefix" && prefix_init == "random") {
         peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(16));
+      } else if (m == "prefix") {
+        // The prefix starts as the keys and values of a real phrase (Li & Liang, section 7.2).
+        const auto ids = torch::tensor(tok.encode(prefix_phrase).ids, torch::kLong).unsqueeze(0);
+        peft::nn::KVCache cache;
+        {
+          torch::NoGradGuard g;
+          lm->forward(ids, {}, &cache);
+        }
+        peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(ids.size(1)));
+        peft::init_prefix_from_cache(lm, cache);
       } else {
         for (auto& p : lm->parameters()) p.set_requires_grad(true);
       }

@@ -154,6 +154,36 @@ TEST_CASE("prefix tuning: keys and values in every attention, PEFT's layout", "[
   CHECK_THAT(both[1].slice(0, 2), AllClose(lm->forward(x.slice(0, 1, 2).slice(1, 2))[0], 1e-5, 1e-5));
 }
 
+TEST_CASE("prefix tuning initialised from real activations acts as those tokens in front of the input", "[methods][prefix]") {
+  torch::manual_seed(11);
+  M::LlamaForCausalLM lm(tiny_llama());
+  lm->eval();
+  const auto phrase = torch::randint(3, 100, {1, 4});
+  auto x = torch::randint(3, 100, {2, 5});
+  peft::nn::KVCache cache;
+  torch::Tensor reference;
+  {
+    torch::NoGradGuard g;
+    lm->forward(phrase, {}, &cache);
+    // The base model on [phrase; x], row by row: the logits of x's positions.
+    reference = lm->forward(torch::cat({phrase.expand({2, 4}), x}, 1)).slice(1, 4);
+  }
+  peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(4));
+  peft::init_prefix_from_cache(lm, cache);
+  torch::NoGradGuard g;
+  CHECK_THAT(lm->forward(x), AllClose(reference, 1e-5, 1e-5));
+  // The prefix stays trainable and saves in PEFT's layout like any other.
+  CHECK(tuner_at<peft::PrefixTuningImpl>(*lm, "model.layers.0.self_attn")->prefix_table.requires_grad());
+  // Wrong inputs are refused, naming what was expected.
+  peft::nn::KVCache shorter;
+  lm->forward(phrase.slice(1, 0, 3), {}, &shorter);  // 3 tokens (the prefix itself is never cached)
+  CHECK_THROWS_WITH(peft::init_prefix_from_cache(lm, shorter), Catch::Contains("[1, 2, 4, 8]") && Catch::Contains("[1, 2, 3, 8]"));
+  peft::nn::KVCache one_layer(1);
+  one_layer.layers[0] = cache.layers[0];
+  CHECK_THROWS_WITH(peft::init_prefix_from_cache(lm, one_layer), Catch::Contains("2 attention layers, the cache holds 1"));
+  CHECK_THROWS_WITH(peft::init_prefix_from_cache(lm, cache, "other"), Catch::Contains("no prefix-tuning adapter 'other'"));
+}
+
 TEST_CASE("prefix tuning with prefix_projection trains through the MLP and saves its output", "[methods][prefix]") {
   auto vit = make_vit();
   vit->to(torch::kDouble);

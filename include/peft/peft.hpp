@@ -7,13 +7,15 @@
 ///     peft::attach(*model, peft::LoraConfig().r(8).target_modules({"fc"}));
 ///
 /// The library is layered; each folder includes only the ones above it in this list:
-///   core/    the frame: Tuner, TunableSlot, AdapterConfig, target matching, whole-model operations
-///   slots/   the frozen ops adapters attach to: Linear, Embedding, Conv2d, LayerNorm
-///   nn/      building blocks made of slots: attention, feed-forward, transformer block, RMSNorm
-///   tuners/  one header per method, each registering itself in tuners/registry.hpp
-///   io/      safetensors, adapter files in PEFT's layout, checkpoint merge
-///   models/  the model zoo (ViT, BERT, LLaMA) and Hugging Face checkpoints
-///   train/   training helpers
+///   core/      the frame: Tuner, TunableSlot, AdapterConfig, target matching, whole-model operations
+///   slots/     the frozen ops adapters attach to: Linear, Embedding, Conv2d, LayerNorm
+///   nn/        building blocks made of slots: attention, feed-forward, transformer block, RMSNorm
+///   tuners/    one header per method, each registering itself in tuners/registry.hpp
+///   io/        safetensors, adapter files in PEFT's layout, checkpoint merge
+///   text/      Unicode, tokenizers (WordPiece, byte-level BPE), corpora, tokenised datasets, loaders
+///   models/    the model zoo (ViT, BERT, LLaMA) and Hugging Face checkpoints
+///   train/     training helpers
+///   subspace/  adapters as flat vectors; training in a random or learned subspace
 
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/checkpoint.hpp>
@@ -68,3 +70,7 @@
 
 #include <peft/train/recipes.hpp>
 #include <peft/train/train.hpp>
+
+#include <peft/subspace/flat_view.hpp>
+#include <peft/subspace/intrinsic.hpp>
+#include <peft/subspace/projection.hpp>

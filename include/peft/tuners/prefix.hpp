@@ -16,6 +16,7 @@
 
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/detail/strings.hpp>
+#include <peft/core/model.hpp>
 #include <peft/core/tuner.hpp>
 #include <peft/nn/attention.hpp>
 #include <peft/tuners/prompt_learning.hpp>
@@ -176,6 +177,20 @@ class PrefixTuningImpl : public torch::nn::Cloneable<PrefixTuningImpl>, public T
     return {kv[0].unsqueeze(0).expand({batch, kv_heads, n, head_dim}), kv[1].unsqueeze(0).expand({batch, kv_heads, n, head_dim})};
   }
   at::Tensor parallel(const at::Tensor&, const at::Tensor& y) override { return y; }  // run by the attention op
+  /// Sets this layer's keys and values from [1, kv_heads, n, head_dim] tensors (see init_prefix_from_cache).
+  void set_table(const at::Tensor& k, const at::Tensor& v) {
+    if (encoder_)
+      throw StateError("prefix tuning: layer " + std::to_string(layer) +
+                       " trains through prefix_projection; only plain prefixes can be set directly");
+    const std::vector<int64_t> want = {1, kv_heads, n, head_dim};
+    for (const auto* t : {&k, &v})
+      if (!t->defined() || t->sizes().vec() != want)
+        throw InputError("prefix tuning: layer " + std::to_string(layer) + " needs keys and values of shape " +
+                         detail::shape_str(want) + ", received " + (t->defined() ? detail::shape_str(t->sizes().vec()) : "none"));
+    torch::NoGradGuard g;
+    auto kv = at::stack({k[0], v[0]}, 0).permute({2, 0, 1, 3}).reshape({n, 2 * kv_heads * head_dim});  // [n, 2·H·D]
+    prefix_table.copy_(kv);
+  }
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors() const override {
     if (!encoder_) return {{"prefix", prefix_table}};
     torch::NoGradGuard g;
@@ -200,6 +215,27 @@ inline std::shared_ptr<torch::nn::Module> PrefixTuningConfig::make_tuner(Tunable
   const auto it = std::find(names_.begin(), names_.end(), name);
   const int64_t l = it == names_.end() ? 0 : static_cast<int64_t>(it - names_.begin());
   return std::make_shared<PrefixTuningImpl>(num_virtual_tokens_, a->num_kv_heads(), a->head_dim(), l, encoder_, self);
+}
+
+/// Initialises the prefixes of `adapter` with real activations (Li & Liang, arXiv 2101.00190, §7.2:
+/// prefixes started from real words' activations train faster and better than random ones; PEFT's
+/// N(0, 1) start swamps a deep model's attention). `cache` holds the keys and values that the model
+/// without this adapter computed for n real tokens (n = num_virtual_tokens, batch 1), one entry per
+/// prefixed layer in order: with them the prefix acts exactly as those tokens in front of every input.
+///
+///     peft::nn::KVCache cache;
+///     lm->forward(tokenizer_ids_of_a_task_phrase, {}, &cache);  // before attach (or adapters disabled)
+///     peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(n));
+///     peft::init_prefix_from_cache(lm, cache);
+inline void init_prefix_from_cache(ModelRef model, const nn::KVCache& cache, const std::string& adapter = "default") {
+  std::vector<PrefixTuningImpl*> tuners;
+  for (const auto& s : tunable_slots(model))
+    if (auto* t = dynamic_cast<PrefixTuningImpl*>(s.slot->adapter(adapter))) tuners.push_back(t);
+  if (tuners.empty()) throw StateError("init_prefix_from_cache: the model has no prefix-tuning adapter '" + adapter + "'");
+  if (cache.layers.size() != tuners.size())
+    throw InputError("init_prefix_from_cache: adapter '" + adapter + "' prefixes " + std::to_string(tuners.size()) +
+                     " attention layers, the cache holds " + std::to_string(cache.layers.size()));
+  for (std::size_t i = 0; i < tuners.size(); ++i) tuners[i]->set_table(cache.layers[i].k, cache.layers[i].v);
 }
 
 PEFT_REGISTER_METHOD(prefix_tuning, PrefixTuningConfig, "PREFIX_TUNING", "Prefix tuning")
