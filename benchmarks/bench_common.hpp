@@ -1,5 +1,6 @@
 #pragma once
-// What the benchmark programs share: timing medians and the machine/date stamp of their reports.
+// What the benchmark programs share: timing medians, the machine/date stamp of their reports, and the
+// accuracy benchmarks' statistics, learning-rate ladder and table.
 
 #include <peft/core/detail/compat.hpp>
 
@@ -8,8 +9,14 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 #endif
 
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <numeric>
+#include <sstream>
 #include <ctime>
 #include <fstream>
 #include <set>
@@ -24,6 +31,42 @@ inline double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+inline double mean(const std::vector<double>& v) {
+  return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+/// The sample standard deviation (0 for fewer than two values).
+inline double stdev(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  const double m = mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / static_cast<double>(v.size() - 1));
+}
+
+/// One step down or up the 1-3-10 ladder of learning rates (grids are widened along it).
+inline double lr_below(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 0.3 : lr / 3.0; }
+inline double lr_above(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 3.0 : lr / 0.3; }
+
+/// The Markdown table of an accuracy benchmark's result rows (method label, trainable count and share,
+/// mean ± std per task in %, the mean over tasks, median train seconds and peak MB).
+inline std::string accuracy_table(const nlohmann::ordered_json& rows, const std::vector<std::string>& tasks, int percent_digits) {
+  std::ostringstream md;
+  md << "| method | trainable | % of model |";
+  for (const auto& t : tasks) md << " " << t << " |";
+  md << " mean | train s/run | peak MB |\n|---|---:|---:|";
+  for (std::size_t i = 0; i < tasks.size(); ++i) md << "---:|";
+  md << "---:|---:|---:|\n";
+  for (const auto& r : rows) {
+    md << fmt::format("| {} | {} | {:.{}f} |", r["label"].get<std::string>(), r["trainable"].get<int64_t>(), r["percent"].get<double>(),
+                      percent_digits);
+    for (const auto& t : tasks)
+      md << fmt::format(" {:.1f} ± {:.1f} |", 100 * r["tasks"][t]["mean"].get<double>(), 100 * r["tasks"][t]["std"].get<double>());
+    md << fmt::format(" {:.1f} | {:.1f} | {:.0f} |\n", 100 * r["mean"].get<double>(), r["train_seconds_median"].get<double>(),
+                      r["peak_memory_mb_median"].get<double>());
+  }
+  return md.str();
 }
 
 /// Median wall time of `f` in milliseconds over `reps` runs after `warmup` untimed ones (the upper

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Renders benchmarks/results/accuracy.json (written by accuracy_bench) as accuracy against trainable
-parameters, one point per method, log x: the papers' first figure.
+"""Renders benchmarks/results/accuracy.json (written by accuracy_bench) or text_accuracy.json (text_bench)
+as accuracy against trainable parameters, one point per method, log x: the papers' first figure.
 
     apt-get install python3-matplotlib
     python3 benchmarks/plot_accuracy.py [benchmarks/results/accuracy.json]   # -> accuracy.png, accuracy.svg
+    python3 benchmarks/plot_accuracy.py benchmarks/results/text_accuracy.json
 """
 import json
 import os
@@ -36,8 +37,9 @@ def main() -> int:
     ax.set_ylabel("mean test accuracy over tasks (%)")
     tasks = ", ".join(rows[0]["tasks"].keys()) if rows else ""
     machine = data.get("machine", {})
+    setting = "all-MiniLM-L6-v2 on real text" if data.get("benchmark") == "text_accuracy" else "Fashion-MNIST VTAB-1k style"
     ax.set_title(
-        f"Fashion-MNIST VTAB-1k style ({tasks}); {data['protocol']['seeds']} seeds\n"
+        f"{setting} ({tasks}); {data['protocol']['seeds']} seeds\n"
         f"{machine.get('cpu', '')}, {data.get('threads')} threads, LibTorch {data.get('libtorch')}, {data.get('date')}",
         fontsize=9,
     )

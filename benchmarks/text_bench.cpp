@@ -211,17 +211,6 @@ std::vector<double> lr_grid(const std::string& method) {
   if (method == "full") return {3e-5, 1e-4, 3e-4};
   return {3e-4, 1e-3, 3e-3};
 }
-double lr_below(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 0.3 : lr / 3.0; }
-double lr_above(double lr) { return std::abs(std::log10(lr) - std::round(std::log10(lr))) < 0.01 ? lr * 3.0 : lr / 0.3; }
-
-double mean(const std::vector<double>& v) { return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size()); }
-double stdev(const std::vector<double>& v) {
-  if (v.size() < 2) return 0;
-  const double m = mean(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(v.size() - 1));
-}
 
 // ---- one run ---------------------------------------------------------------------------------------
 
@@ -318,7 +307,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> tasks = task_names(), method_names;
   for (const auto& m : methods()) method_names.push_back(m.name);
   const auto all_methods = method_names;
-  int64_t steps = 80, batch = 32, seeds = 3;
+  int64_t steps = 80, batch = 16, seeds = 3;
   std::size_t max_length = 64;
   int64_t train_n = 0, val_n = 0, test_n = 0;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
@@ -440,8 +429,8 @@ int main(int argc, char** argv) {
             }
             todo.clear();
             const double lo = tried.begin()->first, hi = tried.rbegin()->first;
-            if (best_lr == lo && lo > 1e-6) todo.push_back(lr_below(lo));
-            else if (best_lr == hi && hi < 1.0) todo.push_back(lr_above(hi));
+            if (best_lr == lo && lo > 1e-6) todo.push_back(bench::lr_below(lo));
+            else if (best_lr == hi && hi < 1.0) todo.push_back(bench::lr_above(hi));
           }
           s.acc[tname].push_back(best.test_accuracy);
         }
@@ -452,8 +441,8 @@ int main(int argc, char** argv) {
         s.lr[tname] = best_lr;
         const auto& g = s.grid[tname];
         fmt::print(stderr, "{:<10} {:<11} lr {:.0e}{}  test {:.2f}% +- {:.2f}  ({:.1f} s/run)\n", mname, tname, best_lr,
-                   g.size() > 1 && (best_lr == g.front() || best_lr == g.back()) ? " (EDGE)" : "", 100 * mean(s.acc[tname]),
-                   100 * stdev(s.acc[tname]), bench::median(s.seconds));
+                   g.size() > 1 && (best_lr == g.front() || best_lr == g.back()) ? " (EDGE)" : "", 100 * bench::mean(s.acc[tname]),
+                   100 * bench::stdev(s.acc[tname]), bench::median(s.seconds));
       }
     }
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
@@ -498,11 +487,11 @@ int main(int argc, char** argv) {
         const auto& a = s.acc.at(t);
         const auto& g = s.grid.at(t);
         const bool edge = g.size() > 1 && (s.lr.at(t) == g.front() || s.lr.at(t) == g.back());
-        r["tasks"][t] = {{"mean", mean(a)}, {"std", stdev(a)}, {"runs", a}, {"lr", s.lr.at(t)}, {"lr_grid", g},
+        r["tasks"][t] = {{"mean", bench::mean(a)}, {"std", bench::stdev(a)}, {"runs", a}, {"lr", s.lr.at(t)}, {"lr_grid", g},
                          {"lr_at_edge", edge}, {"head_lr", s.head_lr.at(t)}};
-        task_means.push_back(mean(a));
+        task_means.push_back(bench::mean(a));
       }
-      r["mean"] = mean(task_means);
+      r["mean"] = bench::mean(task_means);
       r["train_seconds_median"] = bench::median(s.seconds);
       r["peak_memory_mb_median"] = bench::median(s.peak_mb);
       rows.push_back(r);
@@ -510,18 +499,7 @@ int main(int argc, char** argv) {
     j["results"] = rows;
 
     std::ostringstream md;
-    md << "| method | trainable | % of model |";
-    for (const auto& t : tasks) md << " " << t << " |";
-    md << " mean | train s/run | peak MB |\n|---|---:|---:|";
-    for (std::size_t i = 0; i < tasks.size(); ++i) md << "---:|";
-    md << "---:|---:|---:|\n";
-    for (const auto& r : rows) {
-      md << fmt::format("| {} | {} | {:.3f} |", r["label"].get<std::string>(), r["trainable"].get<int64_t>(), r["percent"].get<double>());
-      for (const auto& t : tasks)
-        md << fmt::format(" {:.1f} ± {:.1f} |", 100 * r["tasks"][t]["mean"].get<double>(), 100 * r["tasks"][t]["std"].get<double>());
-      md << fmt::format(" {:.1f} | {:.1f} | {:.0f} |\n", 100 * r["mean"].get<double>(), r["train_seconds_median"].get<double>(),
-                        r["peak_memory_mb_median"].get<double>());
-    }
+    md << bench::accuracy_table(rows, tasks, 3);
     md << fmt::format("\n{}, {} threads, LibTorch {}, {}; {:.0f} min in all.\n", bench::cpu_model(), threads, TORCH_VERSION,
                       bench::utc_date(), wall / 60);
     std::cout << md.str();

@@ -160,9 +160,9 @@ int main(int argc, char** argv) {
         for (const auto& p : prompts) base_generations.push_back(generate_text(*lm, tok, p, new_tokens));
       const double rate = lr > 0 ? lr : m == "full" ? 5e-5 : m == "prefix" ? 1e-2 : 5e-4;
       if (m == "lora" || m == "dora") {
-        peft::attach(lm, peft::LoraConfig().r(rank).lora_alpha(2 * rank).target_modules({"q_proj", "v_proj"}).use_dora(m == "dora"));
+        peft::attach(lm, peft::LoraConfig().r(rank).lora_alpha(2 * rank).target_modules({"q_proj", "v_proj"}).use_dora(m == "dora").task_type("CAUSAL_LM"));
       } else if (m == "prefix" && prefix_init == "random") {
-        peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(16));
+        peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(16).task_type("CAUSAL_LM"));
       } else if (m == "prefix") {
         // The prefix starts as the keys and values of a real phrase (Li & Liang, section 7.2).
         const auto ids = torch::tensor(tok.encode(prefix_phrase).ids, torch::kLong).unsqueeze(0);
@@ -171,7 +171,8 @@ int main(int argc, char** argv) {
           torch::NoGradGuard g;
           lm->forward(ids, {}, &cache);
         }
-        peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(ids.size(1)));
+        // task_type matters to PEFT here: without it PeftModel.from_pretrained ignores prompt-learning adapters.
+        peft::attach(lm, peft::PrefixTuningConfig().num_virtual_tokens(ids.size(1)).task_type("CAUSAL_LM"));
         peft::init_prefix_from_cache(lm, cache);
       } else {
         for (auto& p : lm->parameters()) p.set_requires_grad(true);

@@ -18,7 +18,8 @@ with torch.no_grad():
         base = model(ours["input_ids"]).logits
 err = (theirs - ours["logits"]).abs().max().item()
 moved = (base - ours["logits"]).abs().max().item()
-print(f"SmolLM2 + our LoRA adapter in HF PEFT {__import__('peft').__version__}: max |logit difference| {err:.2e}; "
+kind = model.peft_config["default"].peft_type.value
+print(f"SmolLM2 + our {kind} adapter in HF PEFT {__import__('peft').__version__}: max |logit difference| {err:.2e}; "
       f"the adapter moved the logits by up to {moved:.2e}")
 assert err < 2e-3, f"logits differ by {err}"
 assert moved > 20 * err, f"the adapter barely changed the logits ({moved} vs error {err})"
