@@ -5,11 +5,7 @@
 #   hf_reverse.sh <peft_hf_tests binary> <repository root> <work dir>
 set -euo pipefail
 tests_bin=$1 root=$2 work=$3
-py="$root/.venv/bin/python"
-if [ ! -x "$py" ] || ! "$py" -c "import peft, transformers" 2>/dev/null; then
-  echo "PEFT_SKIPPED: no Python environment with peft at $root/.venv (run ./scripts/python_env.sh)"
-  exit 77
-fi
+. "$root/tests/venv.sh"
 rm -rf "$work" && mkdir -p "$work"
 PEFT_REVERSE_DIR="$work" "$tests_bin" "[.reverse]"
 "$py" "$root/tests/hf_reverse.py" "$work"

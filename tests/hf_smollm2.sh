@@ -6,11 +6,7 @@
 #   hf_smollm2.sh <smollm2_finetune binary> <repository root> <work dir>
 set -euo pipefail
 bin=$1 root=$2 work=$3
-py="$root/.venv/bin/python"
-if [ ! -x "$py" ] || ! "$py" -c "import peft, transformers" 2>/dev/null; then
-  echo "PEFT_SKIPPED: no Python environment with peft at $root/.venv (run ./scripts/python_env.sh)"
-  exit 77
-fi
+. "$root/tests/venv.sh"
 rm -rf "$work" && mkdir -p "$work"
 data=${PEFT_DATA_DIR:-$HOME/.cache/peft-cpp}
 for method in lora prefix; do
