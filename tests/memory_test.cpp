@@ -275,17 +275,22 @@ TEST_CASE("half-precision frozen base: every method on ViT computes in float32 a
     };
     auto ref = make();
     auto mixed = make();
+    auto all_half = make();  // everything in bfloat16, adapters too: the noise floor of this machine's bf16 kernels
     const auto report = peft::cast_mixed(*mixed, torch::kBFloat16);
     CHECK(report.bytes_after < report.bytes_before);
     check_mixed_dtypes(*mixed, torch::kBFloat16);
-    ref->train(), mixed->train();
-    torch::manual_seed(5);  // the same dropout draws on both sides (PASTA drops out by default)
+    all_half->to(torch::kBFloat16);
+    ref->train(), mixed->train(), all_half->train();
+    torch::manual_seed(5);  // the same dropout draws on every side (PASTA drops out by default)
     auto expected = ref->forward(px);
     torch::manual_seed(5);
     auto got = mixed->forward(px);
+    torch::manual_seed(5);
+    auto floor = all_half->forward(px.to(torch::kBFloat16)).to(torch::kFloat);
     CHECK(rel_err(got, expected) < 3e-2);  // bfloat16 has 8 bits of mantissa
     torch::cross_entropy_loss(got.to(torch::kFloat), labels).backward();
     torch::cross_entropy_loss(expected, labels).backward();
+    torch::cross_entropy_loss(floor, labels).backward();
     for (const auto& p : mixed->named_parameters()) {
       if (!p.value().requires_grad()) {
         CHECK_FALSE(p.value().grad().defined());  // frozen means frozen
@@ -295,10 +300,16 @@ TEST_CASE("half-precision frozen base: every method on ViT computes in float32 a
       REQUIRE(p.value().grad().defined());
       CHECK(p.value().grad().scalar_type() == torch::kFloat);
       const auto& g_ref = ref->named_parameters()[p.key()].grad();
-      // The gradient passes through bfloat16 activations (8-bit mantissa): most tensors land within a few
-      // percent; RLRR's scale vectors sum W ⊙ dW' over a row with cancellation and measured 0.115 on
-      // LibTorch 2.11 (0.06 on 1.13), hence the bound.
-      if (g_ref.norm().item<double>() > 1e-6) CHECK(rel_err(p.value().grad(), g_ref) < 0.15);
+      if (g_ref.norm().item<double>() <= 1e-6) continue;
+      // The gradient passes through bfloat16 activations (8-bit mantissa), and how far that moves it depends
+      // on the CPU's bf16 kernels: on this machine (AVX2) every tensor lands within 5.3% of float32, but a CI
+      // machine measured 15.6% on one tensor. So the bound is this machine's own floor: the same model
+      // entirely in bfloat16, adapters included, has at least the base's rounding; float32 adapters beside
+      // the bfloat16 base must not be worse than that (a wrong cast or a lost path is off by ~100%).
+      const double err = rel_err(p.value().grad(), g_ref);
+      const double floor_err = rel_err(all_half->named_parameters()[p.key()].grad(), g_ref);
+      INFO("relative error: mixed " << err << ", all bfloat16 " << floor_err);
+      CHECK(err < std::max(0.06, 2 * floor_err));
     }
   }
 }
