@@ -234,3 +234,154 @@ TEST_CASE("a 16-number random subspace of a LoRA adapter and its head learns a t
     CHECK(full_last < last);
   }
 }
+
+namespace {
+
+/// Trains `view`'s adapter for a few Adam steps on (ids, y) and returns its Δθ; the model goes back to θ0.
+torch::Tensor train_source(S::FlatView& view, const std::function<torch::Tensor()>& loss, int steps, double lr) {
+  S::Intrinsic whole(view, std::make_shared<S::IdentityProjection>(view.numel()));
+  torch::optim::Adam opt({whole.z()}, torch::optim::AdamOptions(lr));
+  for (int s = 0; s < steps; ++s) {
+    opt.zero_grad();
+    whole.backward(loss);
+    opt.step();
+  }
+  whole.apply();
+  auto delta = view.delta();
+  view.set_delta(torch::zeros({view.numel()}));
+  return delta;
+}
+
+}  // namespace
+
+TEST_CASE("unified subspace, stage 1: LoRA and prefix solutions into one subspace; the maps save and load", "[subspace]") {
+  // In double, so that finite differences can check the gradient.
+  auto lora_model = tiny_classifier(), prefix_model = tiny_classifier();
+  peft::attach(*lora_model, peft::LoraConfig().r(4).target_modules({"query", "value"}));
+  peft::attach(*prefix_model, peft::PrefixTuningConfig().num_virtual_tokens(3));
+  lora_model->to(torch::kDouble);
+  prefix_model->to(torch::kDouble);
+  const auto ids = torch::cat({torch::full({8, 1}, 101, torch::kLong), torch::randint(5, 60, {8, 5})}, 1);
+  const auto y = torch::randint(0, 3, {8});
+  auto loss_on = [&](M::BertForSequenceClassificationImpl& m) {
+    return [&m, &ids, &y] { return torch::nn::functional::cross_entropy(m.forward(ids), y); };
+  };
+  auto lora_view = S::FlatView::of_adapter(*lora_model), prefix_view = S::FlatView::of_adapter(*prefix_model);
+  const auto lora_solution = train_source(lora_view, loss_on(*lora_model), 15, 1e-2);
+  const auto prefix_solution = train_source(prefix_view, loss_on(*prefix_model), 15, 1e-2);
+
+  S::UnifiedSubspace uni(S::UnifiedOptions().r(4).alpha_rec(0.1).seed(1));
+  uni.add_method("lora", lora_view, {lora_solution});
+  uni.add_method("prefix", prefix_view, {prefix_solution});
+  REQUIRE(uni.map(0)->decoder->weight.sizes() == std::vector<int64_t>{lora_view.numel(), 4});
+  CHECK(uni.map(0)->encoder->weight.std().item<double>() == Approx(0.02).epsilon(0.1));
+  auto task = [&](std::size_t k) { return k == 0 ? loss_on(*lora_model)() : loss_on(*prefix_model)(); };
+  auto objective = [&] { return uni.evaluate(task, {0.5, 0.5}); };  // at a fixed mixture, no gradients
+  const auto before = objective();
+  // step() reports what evaluate() computes, and its gradient is the chain rule through both models and
+  // the maps: one entry of each kind of map against central differences.
+  {
+    const auto r = uni.step(task, {0.5, 0.5});
+    CHECK(r.total == Approx(before.total).epsilon(1e-9));
+    for (auto* w : {&uni.map(1)->decoder->weight, &uni.map(0)->encoder->weight, &uni.map(0)->encoder_low->bias}) {
+      auto flat = w->view({-1});
+      const int64_t i = flat.numel() / 3;
+      const double analytic = w->grad().view({-1})[i].item<double>();
+      auto total_at = [&](double shift) {
+        {
+          torch::NoGradGuard g;
+          flat[i] += shift;
+        }
+        const double t = uni.evaluate(task, {0.5, 0.5}).total;
+        torch::NoGradGuard g;
+        flat[i] -= shift;
+        return t;
+      };
+      const double numeric = (total_at(1e-6) - total_at(-1e-6)) / 2e-6;
+      CHECK(analytic == Approx(numeric).epsilon(1e-4).margin(1e-8));
+    }
+    for (auto& p : uni.parameters()) p.mutable_grad() = torch::Tensor();
+  }
+  torch::optim::Adam opt(uni.parameters(), torch::optim::AdamOptions(1e-2));
+  for (int s = 0; s < 40; ++s) {
+    opt.zero_grad();
+    auto r = uni.step(task);
+    REQUIRE(r.weights.size() == 2);
+    CHECK(r.weights[0] + r.weights[1] == Approx(1.0));
+    opt.step();
+  }
+  const auto after = objective();
+  INFO("stage-1 objective " << before.total << " -> " << after.total);
+  CHECK(after.total < 0.8 * before.total);
+  // The frozen base never got a gradient.
+  for (const auto& p : lora_model->named_parameters())
+    if (!p.value().requires_grad()) CHECK_FALSE(p.value().grad().defined());
+
+  TempDir dir;
+  const auto file = (dir / "subspace.safetensors").string();
+  uni.save(file);
+  S::UnifiedSubspace again(S::UnifiedOptions().r(4).seed(99));
+  again.add_method("lora", lora_view, {lora_solution});
+  again.add_method("prefix", prefix_view, {prefix_solution});
+  const auto z = torch::randn({4}, torch::kDouble);
+  CHECK_FALSE(torch::allclose(again.decode(1, z), uni.decode(1, z)));
+  again.load(file);
+  CHECK(torch::equal(again.decode(1, z), uni.decode(1, z)));
+  CHECK(torch::equal(again.encode(0, lora_solution), uni.encode(0, lora_solution)));
+  S::UnifiedSubspace wider(S::UnifiedOptions().r(5));
+  wider.add_method("lora", lora_view, {lora_solution});
+  CHECK_THROWS_WITH(wider.load(file), Catch::Contains("r = 4, this subspace has r = 5"));
+  CHECK_THROWS_WITH(uni.add_method("lora", lora_view, {lora_solution}), Catch::Contains("'lora' was added already"));
+  CHECK_THROWS_WITH(wider.add_method("x", lora_view, {torch::zeros({3})}), Catch::Contains("has 3 values"));
+}
+
+TEST_CASE("unified subspace, stages 2 and 3: z trained through U_k, decoded through another map", "[subspace]") {
+  // Three methods: the mixture weights are the paper's alpha ~ U(0, 1), beta ~ U(0, 1 - alpha).
+  auto a = tiny_classifier(), b = tiny_classifier(), c = tiny_classifier();
+  const auto cfg = peft::LoraConfig().r(2).target_modules({"query", "value"}).init_lora_weights("gaussian");
+  for (auto* m : {&a, &b}) peft::attach(**m, cfg);
+  copy_weights(*b, *a);
+  peft::attach(*c, peft::IA3Config().target_modules({"key", "value"}));
+  auto va = S::FlatView::of_adapter(*a), vb = S::FlatView::of_adapter(*b), vc = S::FlatView::of_adapter(*c);
+  S::UnifiedSubspace uni(S::UnifiedOptions().r(3).seed(2));
+  uni.add_method("a", va, {torch::randn({va.numel()}) * 0.1});
+  uni.add_method("b", vb, {torch::randn({vb.numel()}) * 0.1});
+  uni.add_method("ia3", vc, {torch::randn({vc.numel()}) * 0.1});
+  double first = 0, second = 0;
+  for (int i = 0; i < 4000; ++i) {
+    const auto w = uni.draw_weights();
+    REQUIRE(w.size() == 3);
+    CHECK(w[0] + w[1] + w[2] == Approx(1.0));
+    first += w[0] / 4000, second += w[1] / 4000;
+  }
+  CHECK(first == Approx(0.5).margin(0.02));   // E[alpha]
+  CHECK(second == Approx(0.25).margin(0.02));  // E[beta] = E[(1 - alpha) / 2]
+
+  // Identical maps for a and b: a z found through a's U decodes into b as exactly a's solution.
+  {
+    torch::NoGradGuard g;
+    uni.map(1)->decoder->weight.copy_(uni.map(0)->decoder->weight);
+  }
+  const auto maps_before = uni.map(0)->decoder->weight.clone();
+  const auto ids = torch::randint(5, 60, {6, 5});
+  const auto y = torch::randint(0, 3, {6});
+  S::Intrinsic stage2(va, uni.projection(0), /*init_std=*/0.02, /*seed=*/3);
+  CHECK(stage2.z().abs().min().item<double>() > 0);  // N(0, 0.02), not zeros
+  torch::optim::Adam opt({stage2.z()}, torch::optim::AdamOptions(5e-2));
+  for (int s = 0; s < 10; ++s) {
+    opt.zero_grad();
+    stage2.backward([&] { return torch::nn::functional::cross_entropy(a->forward(ids), y); });
+    opt.step();
+  }
+  stage2.apply();
+  CHECK(torch::equal(uni.map(0)->decoder->weight, maps_before));  // U stays fixed in stage 2
+  CHECK_FALSE(uni.map(0)->decoder->weight.grad().defined());
+  const auto z = stage2.z().detach();
+  uni.apply(1, z);  // stage 3: no training
+  CHECK_THAT(vb.flatten(), AllClose(va.flatten(), 1e-6, 1e-6));
+  torch::NoGradGuard g;
+  CHECK_THAT(b->forward(ids), AllClose(a->forward(ids), 1e-5, 1e-5));
+  // Into another method: IA3's adapter becomes θ0 + U_ia3 z.
+  uni.apply(2, z);
+  CHECK_THAT(vc.delta(), AllClose(uni.map(2)->decoder->weight.matmul(z), 1e-6, 1e-6));
+}

@@ -74,3 +74,4 @@
 #include <peft/subspace/flat_view.hpp>
 #include <peft/subspace/intrinsic.hpp>
 #include <peft/subspace/projection.hpp>
+#include <peft/subspace/unified.hpp>

@@ -112,21 +112,31 @@ class FlatView {
       if (e.param.grad().defined()) e.param.mutable_grad() = at::Tensor();
   }
 
-  /// Sets the parameters to `theta` ([numel], usually with a graph back to what produced it), runs
-  /// `loss_fn`, and backpropagates its result through the model into `theta`'s producers. The
-  /// parameters' own gradients are consumed (left empty). Returns the loss, detached.
-  at::Tensor backward_through(const at::Tensor& theta, const std::function<at::Tensor()>& loss_fn) {
-    check_vector(theta, "backward_through");
+  struct LossAndGrad {
+    at::Tensor loss;  ///< detached
+    at::Tensor grad;  ///< d loss / d theta, [numel]
+  };
+  /// Sets the parameters to the values of `theta`, runs `loss_fn` (a forward and a loss), and returns
+  /// the loss with its gradient as one vector. The parameters' own gradients are consumed (left empty).
+  LossAndGrad loss_and_grad(const at::Tensor& theta, const std::function<at::Tensor()>& loss_fn) {
+    check_vector(theta, "loss_and_grad");
     assign(theta);
     zero_grad();
     auto loss = loss_fn();
     if (!loss.defined() || loss.numel() != 1)
-      throw InputError("FlatView::backward_through: the loss function must return a one-element tensor");
+      throw InputError("FlatView: the loss function must return a one-element tensor");
     loss.backward();
     auto g = grad();
     zero_grad();
-    if (theta.requires_grad()) torch::autograd::backward({theta}, {g.to(theta.scalar_type())});
-    return loss.detach();
+    return {loss.detach(), g};
+  }
+  /// Sets the parameters to `theta` ([numel], usually with a graph back to what produced it), runs
+  /// `loss_fn`, and backpropagates its result through the model into `theta`'s producers. Returns the
+  /// loss, detached.
+  at::Tensor backward_through(const at::Tensor& theta, const std::function<at::Tensor()>& loss_fn) {
+    auto r = loss_and_grad(theta, loss_fn);
+    if (theta.requires_grad()) torch::autograd::backward({theta}, {r.grad.to(theta.scalar_type())});
+    return r.loss;
   }
 
   /// Names and spans, for reports and tests.

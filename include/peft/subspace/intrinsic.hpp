@@ -18,20 +18,26 @@
 #include <peft/subspace/flat_view.hpp>
 #include <peft/subspace/projection.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <memory>
 
 namespace peft::subspace {
 
 class Intrinsic {
  public:
-  /// `view`'s current values become θ0; z starts at zero (θ = θ0).
-  Intrinsic(FlatView view, std::shared_ptr<const Projection> projection) : view_(std::move(view)), p_(std::move(projection)) {
+  /// `view`'s current values become θ0; z starts at zero (θ = θ0), or N(0, init_std²) when init_std > 0
+  /// (the unified subspace's stage 2 starts at N(0, 0.02²)), drawn from `seed`.
+  Intrinsic(FlatView view, std::shared_ptr<const Projection> projection, double init_std = 0, uint64_t seed = 0)
+      : view_(std::move(view)), p_(std::move(projection)) {
     if (!p_) throw StateError("Intrinsic: no projection given");
     if (p_->out_dim() != view_.numel())
       throw InputError(p_->name() + " maps into " + std::to_string(p_->out_dim()) + " values, the adapter has " +
                        std::to_string(view_.numel()));
     view_.rebase();
-    z_ = at::zeros({p_->in_dim()}, view_.options()).requires_grad_(true);
+    z_ = init_std > 0 ? (at::randn({p_->in_dim()}, at::detail::createCPUGenerator(seed), at::kFloat) * init_std).to(view_.options())
+                      : at::zeros({p_->in_dim()}, view_.options());
+    z_.requires_grad_(true);
   }
 
   /// The trainable vector (a leaf: hand it to an optimizer).
