@@ -318,7 +318,7 @@ TEST_CASE("unified subspace, stage 1: LoRA and prefix solutions into one subspac
     if (!p.value().requires_grad()) CHECK_FALSE(p.value().grad().defined());
 
   TempDir dir;
-  const auto file = (dir / "subspace.safetensors").string();
+  const auto file = dir / "subspace.safetensors";
   uni.save(file);
   S::UnifiedSubspace again(S::UnifiedOptions().r(4).seed(99));
   again.add_method("lora", lora_view, {lora_solution});
@@ -384,4 +384,52 @@ TEST_CASE("unified subspace, stages 2 and 3: z trained through U_k, decoded thro
   // Into another method: IA3's adapter becomes θ0 + U_ia3 z.
   uni.apply(2, z);
   CHECK_THAT(vc.delta(), AllClose(uni.map(2)->decoder->weight.matmul(z), 1e-6, 1e-6));
+}
+
+TEST_CASE("unified subspace, multi-task: a step draws one task and that task's solutions for every method", "[subspace]") {
+  auto a = tiny_classifier(), b = tiny_classifier();
+  peft::attach(*a, peft::LoraConfig().r(2).target_modules({"query", "value"}));
+  peft::attach(*b, peft::IA3Config().target_modules({"key", "value"}));
+  auto va = S::FlatView::of_adapter(*a), vb = S::FlatView::of_adapter(*b);
+  // Solutions of task t are t + 1 everywhere: the reconstruction term's target says which one was drawn.
+  auto sol = [](const S::FlatView& v, int t) { return torch::full({v.numel()}, double(t + 1), v.options()); };
+  S::UnifiedSubspace uni(S::UnifiedOptions().r(2).seed(4));
+  uni.add_method("lora", va, {sol(va, 0), sol(va, 1), sol(va, 2), sol(va, 2)}, {0, 1, 2, 2});
+  uni.add_method("ia3", vb, {sol(vb, 2), sol(vb, 0), sol(vb, 1)}, {2, 0, 1});
+  REQUIRE(uni.task_ids() == std::vector<int64_t>{0, 1, 2});
+  const auto ids = torch::randint(5, 60, {4, 5});
+  const auto y = torch::randint(0, 3, {4});
+  std::vector<int> seen(3, 0);
+  for (int s = 0; s < 30; ++s) {
+    std::vector<int64_t> called;
+    const auto r = uni.step_tasks([&](std::size_t k, int64_t task) {
+      called.push_back(task);
+      return torch::nn::functional::cross_entropy((k == 0 ? a : b)->forward(ids), y);
+    });
+    REQUIRE(called.size() == 2);
+    CHECK(called[0] == r.task_id);
+    CHECK(called[1] == r.task_id);
+    ++seen.at(r.task_id);
+    // ||Δθ_k − U_k I_k|| with Δθ_k = (t + 1)·1: near sqrt(D_k)·(t + 1) for the small initial maps.
+    for (std::size_t k = 0; k < 2; ++k) {
+      const double expected = std::sqrt(double(k == 0 ? va.numel() : vb.numel())) * double(r.task_id + 1);
+      CHECK(r.reconstruction[k] == Approx(expected).epsilon(0.05));
+    }
+    for (auto& p : uni.parameters()) p.mutable_grad() = torch::Tensor();
+  }
+  for (int t = 0; t < 3; ++t) CHECK(seen[t] > 3);
+  S::UnifiedSubspace bad(S::UnifiedOptions().r(2));
+  bad.add_method("lora", va, {sol(va, 0), sol(va, 1)}, {0, 1});
+  bad.add_method("ia3", vb, {sol(vb, 0)}, {0});
+  bool threw = false;
+  for (int s = 0; s < 20 && !threw; ++s) {
+    try {
+      bad.step_tasks([&](std::size_t k, int64_t) { return torch::nn::functional::cross_entropy((k == 0 ? a : b)->forward(ids), y); });
+    } catch (const peft::StateError& e) {
+      threw = true;
+      CHECK_THAT(e.what(), Catch::Contains("method 'ia3' has no solution of task 1"));
+    }
+  }
+  CHECK(threw);
+  CHECK_THROWS_WITH(uni.add_method("x", va, {sol(va, 0)}, {0, 1}), Catch::Contains("1 solutions and 2 task tags"));
 }

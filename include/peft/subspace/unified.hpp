@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -103,8 +104,14 @@ class UnifiedSubspace {
 
   /// Adds a method: `view` on a model that carries that method's adapter (its θ0 is the adapter's
   /// init) and the method's solutions, each a Δθ vector of view.numel() values (view.delta() after
-  /// training). The maps are created here, from the seed and the method's position.
-  void add_method(const std::string& name, FlatView view, std::vector<at::Tensor> solutions) {
+  /// training). In the multi-task setting `tasks` tags each solution with its task (default: all task
+  /// 0); a step then draws one task and one of that task's solutions per method. The maps are created
+  /// here, from the seed and the method's position.
+  void add_method(const std::string& name, FlatView view, std::vector<at::Tensor> solutions, std::vector<int64_t> tasks = {}) {
+    if (tasks.empty()) tasks.assign(solutions.size(), 0);
+    if (tasks.size() != solutions.size())
+      throw InputError("UnifiedSubspace: method '" + name + "' has " + std::to_string(solutions.size()) + " solutions and " +
+                       std::to_string(tasks.size()) + " task tags");
     for (const auto& m : methods_)
       if (m.name == name) throw StateError("UnifiedSubspace: method '" + name + "' was added already");
     if (solutions.empty()) throw InputError("UnifiedSubspace: method '" + name + "' needs at least one solution");
@@ -116,7 +123,7 @@ class UnifiedSubspace {
     }
     SubspaceMap map(view.numel(), o_.r(), o_.seed() * 1000003ULL + methods_.size());
     map->to(view.options().device(), view.options().dtype().toScalarType());
-    methods_.push_back({name, std::move(view), std::move(solutions), map});
+    methods_.push_back({name, std::move(view), std::move(solutions), std::move(tasks), map});
   }
 
   std::size_t size() const { return methods_.size(); }
@@ -130,6 +137,7 @@ class UnifiedSubspace {
   FlatView& view(std::size_t k) { return at(k).view; }
   SubspaceMap& map(std::size_t k) { return at(k).map; }
   const std::vector<at::Tensor>& solutions(std::size_t k) const { return at(k).solutions; }
+  const std::vector<int64_t>& solution_tasks(std::size_t k) const { return at(k).tasks; }
 
   /// Every map's parameters: what stage 1 trains.
   std::vector<at::Tensor> parameters() const {
@@ -156,12 +164,27 @@ class UnifiedSubspace {
   struct StepLosses {
     std::vector<double> weights, task, reconstruction;
     double total = 0;
+    int64_t task_id = 0;
   };
+
+  /// The task tags of the first method's solutions, sorted and unique.
+  std::vector<int64_t> task_ids() const {
+    if (methods_.empty()) return {};
+    auto ids = methods_.front().tasks;
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    return ids;
+  }
 
   /// Stage 1, one step: accumulates into the maps' gradients (call the optimizer after). `task_loss(k)`
   /// runs a forward of method k's model on a batch and returns the loss; the model holds θ0_k + U_k I
   /// while it runs. `weights` overrides the mixture draw (tests, landscapes).
   StepLosses step(const std::function<at::Tensor(std::size_t)>& task_loss, std::vector<double> weights = {}) {
+    return step_tasks([&](std::size_t k, int64_t) { return task_loss(k); }, std::move(weights));
+  }
+  /// The multi-task step: draws a task among the tags (uniformly), one solution of that task per
+  /// method, and calls `task_loss(k, task)`. StepLosses::task_id says which task was drawn.
+  StepLosses step_tasks(const std::function<at::Tensor(std::size_t, int64_t)>& task_loss, std::vector<double> weights = {}) {
     if (methods_.empty()) throw StateError("UnifiedSubspace: no methods added");
     if (weights.empty()) weights = draw_weights();
     if (weights.size() != methods_.size())
@@ -169,10 +192,18 @@ class UnifiedSubspace {
                        std::to_string(methods_.size()) + " methods");
     StepLosses out;
     out.weights = weights;
+    const auto ids = task_ids();
+    std::uniform_int_distribution<std::size_t> pick_task(0, ids.size() - 1);
+    out.task_id = ids[pick_task(rng_)];
     std::vector<at::Tensor> codes, picked;
     for (auto& m : methods_) {
-      std::uniform_int_distribution<std::size_t> pick(0, m.solutions.size() - 1);
-      picked.push_back(m.solutions[pick(rng_)]);
+      std::vector<std::size_t> of_task;
+      for (std::size_t i = 0; i < m.tasks.size(); ++i)
+        if (m.tasks[i] == out.task_id) of_task.push_back(i);
+      if (of_task.empty())
+        throw StateError("UnifiedSubspace: method '" + m.name + "' has no solution of task " + std::to_string(out.task_id));
+      std::uniform_int_distribution<std::size_t> pick(0, of_task.size() - 1);
+      picked.push_back(m.solutions[of_task[pick(rng_)]]);
       codes.push_back(m.map->encode(picked.back()));
     }
     at::Tensor mix = codes[0] * weights[0];
@@ -183,7 +214,7 @@ class UnifiedSubspace {
     for (std::size_t k = 0; k < methods_.size(); ++k) {
       auto& m = methods_[k];
       const auto theta = m.view.init() + m.map->decode(mix);
-      auto lg = m.view.loss_and_grad(theta.detach(), [&] { return task_loss(k); });
+      auto lg = m.view.loss_and_grad(theta.detach(), [&] { return task_loss(k, out.task_id); });
       const auto rec = at::norm(picked[k] - m.map->decode(codes[k]));
       surrogate = surrogate + (theta * lg.grad).sum() + o_.alpha_rec() * rec;
       out.task.push_back(lg.loss.item<double>());
@@ -276,6 +307,7 @@ class UnifiedSubspace {
     std::string name;
     FlatView view;
     std::vector<at::Tensor> solutions;
+    std::vector<int64_t> tasks;
     SubspaceMap map;
   };
   Method& at(std::size_t k) {
