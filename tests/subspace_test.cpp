@@ -433,3 +433,44 @@ TEST_CASE("unified subspace, multi-task: a step draws one task and that task's s
   CHECK(threw);
   CHECK_THROWS_WITH(uni.add_method("x", va, {sol(va, 0)}, {0, 1}), Catch::Contains("1 solutions and 2 task tags"));
 }
+
+TEST_CASE("size-matched sources: Houlsby without biases, LoRA (q, v) and a reparameterised prefix at one count", "[subspace]") {
+  const auto c = tiny_bert();  // hidden 32, 2 layers
+  const auto m = S::matched_sources(c.hidden_size, c.num_hidden_layers, 4, 6);
+  CHECK(m.adapter_count == 4 * 2 * 32 * 4);
+  CHECK(m.lora_count == m.adapter_count);
+  // n·d + 2Ld + h·(d + 1 + 2Ld) = 192 + 128 + 161·h comes nearest to 1024 at h = 4 (964; h = 5 gives 1125).
+  CHECK(m.prefix.encoder_hidden_size() == 4);
+  CHECK(m.prefix_count == 6 * 32 + 4 * 32 + 4 + 4 * 128 + 128);
+  const int64_t expected[3] = {m.adapter_count, m.lora_count, m.prefix_count};
+  const peft::AdapterConfig* cfgs[3] = {&m.adapter, &m.lora, &m.prefix};
+  const auto ids = torch::cat({torch::full({2, 1}, 101, torch::kLong), torch::randint(5, 60, {2, 6})}, 1);
+  for (int k = 0; k < 3; ++k) {
+    INFO("source " << k);
+    auto model = tiny_classifier();
+    peft::attach(*model, *cfgs[k]);
+    const auto view = S::FlatView::of_adapter(*model);
+    CHECK(view.numel() == expected[k]);  // what really trains is what the formula says
+    if (k == 0)
+      for (const auto& n : view.names()) CHECK(n.find("bias") == std::string::npos);
+  }
+  // bias(false) adapters save without bias tensors and load back into an equal model.
+  auto a = tiny_classifier();
+  peft::attach(*a, m.adapter);
+  torch::manual_seed(9);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : a->parameters())
+      if (p.requires_grad()) p.normal_(0, 0.1);
+  }
+  TempDir dir;
+  peft::save_adapter(*a, dir.path() / "houlsby");
+  const auto file = peft::load_safetensors((dir.path() / "houlsby" / "adapter_model.safetensors").string());
+  for (const auto& t : file.tensors) CHECK(t.key().find("bias") == std::string::npos);
+  CHECK(file.tensors.size() == 8);  // 2 layers x 2 adapters x (down, up)
+  auto b = tiny_classifier();
+  peft::load_adapter(*b, dir.path() / "houlsby");
+  torch::NoGradGuard g;
+  CHECK(torch::equal(a->forward(ids), b->forward(ids)));
+  CHECK_FALSE(torch::equal(a->forward(ids), tiny_classifier()->forward(ids)));
+}

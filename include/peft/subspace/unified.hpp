@@ -28,6 +28,9 @@
 #include <peft/io/safetensors.hpp>
 #include <peft/subspace/flat_view.hpp>
 #include <peft/subspace/projection.hpp>
+#include <peft/tuners/bottleneck.hpp>
+#include <peft/tuners/lora.hpp>
+#include <peft/tuners/prefix.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -94,6 +97,31 @@ struct UnifiedOptions {
   /// Seeds the maps' init and every step's draws (solutions and mixture).
   TORCH_ARG(uint64_t, seed) = 0;
 };
+
+/// The paper's three sources at one trainable count on an encoder of `layers` blocks of width `hidden`:
+/// a Houlsby adapter of width b without biases (4·L·d·b), LoRA of rank b on query and value (the same
+/// 4·L·d·b) and prefix tuning of `prefix_tokens` tokens reparameterised through an MLP (HF PEFT's
+/// layout: n·d + d·h + h + h·2Ld + 2Ld) whose width h is chosen to come nearest. The paper: b = 12 /
+/// r = 10 / 120 tokens at h = 24, 1,105,920 each on T5-base.
+struct MatchedSources {
+  BottleneckConfig adapter;
+  LoraConfig lora;
+  PrefixTuningConfig prefix;
+  int64_t adapter_count = 0, lora_count = 0, prefix_count = 0;
+};
+inline MatchedSources matched_sources(int64_t hidden, int64_t layers, int64_t b, int64_t prefix_tokens) {
+  if (hidden < 1 || layers < 1 || b < 1 || prefix_tokens < 1)
+    throw ConfigError("matched_sources: hidden, layers, width and prefix tokens must be positive");
+  MatchedSources m;
+  m.adapter = BottleneckConfig().variant("houlsby").bottleneck_size(b).bias(false);
+  m.lora = LoraConfig().r(b).lora_alpha(2 * b).target_modules({"query", "value"});
+  m.adapter_count = m.lora_count = 4 * layers * hidden * b;
+  const int64_t out = 2 * layers * hidden, fixed = prefix_tokens * hidden + out, per_h = hidden + 1 + out;
+  const int64_t h = std::max<int64_t>(1, (m.lora_count - fixed + per_h / 2) / per_h);
+  m.prefix = PrefixTuningConfig().num_virtual_tokens(prefix_tokens).prefix_projection(true).encoder_hidden_size(h);
+  m.prefix_count = fixed + h * per_h;
+  return m;
+}
 
 class UnifiedSubspace {
  public:

@@ -16,7 +16,8 @@
 ///     peft::attach(*bert, peft::BottleneckConfig().variant("pfeiffer").reduction_factor(16));
 ///
 /// File layout (ours): peft_type "BOTTLENECK"; `base_model.model.<module>.adapter_down.weight` [b, in],
-/// `.adapter_down.bias` [b], `.adapter_up.weight` [out, b], `.adapter_up.bias` [out].
+/// `.adapter_down.bias` [b], `.adapter_up.weight` [out, b], `.adapter_up.bias` [out] (no biases with
+/// bias = false).
 
 #include <peft/core/adapter_config.hpp>
 #include <peft/core/detail/json_fields.hpp>
@@ -47,6 +48,8 @@ class BottleneckConfig : public LayerTunerConfig<BottleneckConfig> {
   TORCH_ARG(double, scaling) = 1.0;
   /// For variant "parallel" without target_modules: sit parallel to attention instead of the FFN.
   TORCH_ARG(bool, parallel_to_attention) = false;
+  /// Whether Down and Up carry biases (the unified-subspace paper sizes its Houlsby source without).
+  TORCH_ARG(bool, bias) = true;
 
  public:
   std::string peft_type() const override { return "BOTTLENECK"; }
@@ -90,6 +93,7 @@ class BottleneckConfig : public LayerTunerConfig<BottleneckConfig> {
     j["non_linearity"] = non_linearity_;
     j["scaling"] = scaling_;
     j["parallel_to_attention"] = parallel_to_attention_;
+    j["bias"] = bias_;
     stamp(j);
     return j;
   }
@@ -102,6 +106,7 @@ class BottleneckConfig : public LayerTunerConfig<BottleneckConfig> {
     detail::read_field(j, "non_linearity", c.non_linearity_, source);
     detail::read_field(j, "scaling", c.scaling_, source);
     detail::read_field(j, "parallel_to_attention", c.parallel_to_attention_, source);
+    detail::read_field(j, "bias", c.bias_, source);
     return c;
   }
 
@@ -109,23 +114,24 @@ class BottleneckConfig : public LayerTunerConfig<BottleneckConfig> {
 
 namespace detail {
 /// Registers `adapter_down` Linear(in, size) and `adapter_up` Linear(size, out) on `m`, the up projection
-/// zero-initialized so that the adapter starts as the identity.
+/// zero-initialized so that the adapter starts as the identity; without biases when `bias` is false.
 inline std::pair<torch::nn::Linear, torch::nn::Linear> register_bottleneck(torch::nn::Module& m, int64_t in, int64_t size,
-                                                                           int64_t out) {
-  auto down = m.register_module("adapter_down", torch::nn::Linear(in, size));
-  auto up = m.register_module("adapter_up", torch::nn::Linear(size, out));
+                                                                           int64_t out, bool bias = true) {
+  auto down = m.register_module("adapter_down", torch::nn::Linear(torch::nn::LinearOptions(in, size).bias(bias)));
+  auto up = m.register_module("adapter_up", torch::nn::Linear(torch::nn::LinearOptions(size, out).bias(bias)));
   torch::NoGradGuard g;
   up->weight.zero_();
-  up->bias.zero_();
+  if (bias) up->bias.zero_();
   return {down, up};
 }
 /// The file tensors of a bottleneck pair (keys after the module path).
 inline std::vector<std::pair<std::string, at::Tensor>> bottleneck_tensors(const torch::nn::Linear& down,
                                                                           const torch::nn::Linear& up) {
-  return {{"adapter_down.weight", down->weight},
-          {"adapter_down.bias", down->bias},
-          {"adapter_up.weight", up->weight},
-          {"adapter_up.bias", up->bias}};
+  std::vector<std::pair<std::string, at::Tensor>> t = {{"adapter_down.weight", down->weight}};
+  if (down->bias.defined()) t.emplace_back("adapter_down.bias", down->bias);
+  t.emplace_back("adapter_up.weight", up->weight);
+  if (up->bias.defined()) t.emplace_back("adapter_up.bias", up->bias);
+  return t;
 }
 }  // namespace detail
 
@@ -133,8 +139,8 @@ inline std::vector<std::pair<std::string, at::Tensor>> bottleneck_tensors(const 
 class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner {
  public:
   BottleneckImpl(int64_t in, int64_t out, int64_t size, std::string act, double scaling, Placement where,
-                 std::shared_ptr<const AdapterConfig> config)
-      : in_features(in), out_features(out), size(size), act_name(std::move(act)), scaling(scaling), where(where),
+                 std::shared_ptr<const AdapterConfig> config, bool bias = true)
+      : in_features(in), out_features(out), size(size), act_name(std::move(act)), scaling(scaling), where(where), bias(bias),
         config_(std::move(config)) {
     reset();
   }
@@ -142,11 +148,12 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner
   std::string act_name;
   double scaling;
   Placement where;
+  bool bias;
   torch::nn::Linear adapter_down{nullptr}, adapter_up{nullptr};
 
   void reset() override {
     act_ = nn::activation(act_name);
-    std::tie(adapter_down, adapter_up) = detail::register_bottleneck(*this, in_features, size, out_features);
+    std::tie(adapter_down, adapter_up) = detail::register_bottleneck(*this, in_features, size, out_features, bias);
   }
   Placement placement() const override { return where; }
   std::string method() const override { return "bottleneck"; }
@@ -163,7 +170,7 @@ class BottleneckImpl : public torch::nn::Cloneable<BottleneckImpl>, public Tuner
   }
   void pretty_print(std::ostream& s) const override {
     s << "peft::Bottleneck(" << placement_name(where) << ", " << in_features << " -> " << size << " -> " << out_features
-      << ", " << act_name << ", scaling=" << scaling << ")";
+      << ", " << act_name << ", scaling=" << scaling << (bias ? "" : ", no bias") << ")";
   }
 
  private:
@@ -175,7 +182,7 @@ TORCH_MODULE(Bottleneck);
 inline std::shared_ptr<torch::nn::Module> BottleneckConfig::make_tuner(TunableSlot& slot, const std::string& name,
                                                                        const std::shared_ptr<const AdapterConfig>& self) const {
   auto [in, out, size] = shape_for(slot, name);
-  return std::make_shared<BottleneckImpl>(in, out, size, non_linearity_, scaling_, placement(), self);
+  return std::make_shared<BottleneckImpl>(in, out, size, non_linearity_, scaling_, placement(), self, bias_);
 }
 
 PEFT_REGISTER_METHOD(bottleneck, BottleneckConfig, "BOTTLENECK", "Bottleneck adapter")
