@@ -254,7 +254,7 @@ torch::Tensor train_source(S::FlatView& view, const std::function<torch::Tensor(
 
 }  // namespace
 
-TEST_CASE("unified subspace, stage 1: LoRA and prefix solutions into one subspace; the maps save and load", "[subspace]") {
+TEST_CASE("unified subspace, stage 1: LoRA and prefix solutions into one subspace, and the maps save and load", "[subspace]") {
   // In double, so that finite differences can check the gradient.
   auto lora_model = tiny_classifier(), prefix_model = tiny_classifier();
   peft::attach(*lora_model, peft::LoraConfig().r(4).target_modules({"query", "value"}));
