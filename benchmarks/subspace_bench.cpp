@@ -181,20 +181,26 @@ bool load_source(const fs::path& dir, Source& s, const std::vector<std::string>&
   const auto file = dir / "source.safetensors";
   if (!fs::exists(file)) return false;
   auto c = peft::load_safetensors(file.string());
-  const auto meta = nlohmann::json::parse(c.metadata.at("subspace_bench"));
+  const auto it = c.metadata.find("subspace_bench");
+  if (it == c.metadata.end()) throw peft::FormatError(file.string() + ": not a subspace_bench source (no subspace_bench metadata)");
+  const auto meta = nlohmann::json::parse(it->second);
+  auto tensor = [&](const std::string& key) {
+    if (!c.tensors.contains(key)) throw peft::FormatError(file.string() + ": no tensor '" + key + "' (delete the folder to retrain)");
+    return c.tensors[key];
+  };
   s.probe_lr = meta["probe_lr"], s.probe_grid = meta["probe_grid"].get<std::vector<double>>();
   s.probe.val = meta["probe_val"], s.probe.test = meta["probe_test"];
   s.lr = meta["lr"], s.grid = meta["grid"].get<std::vector<double>>();
   s.val = meta["val"].get<std::vector<double>>(), s.test = meta["test"].get<std::vector<double>>();
-  for (const auto& n : head_names) s.probe_head.push_back(c.tensors["probe." + n]);
+  for (const auto& n : head_names) s.probe_head.push_back(tensor("probe." + n));
   for (std::size_t k = 0; k < s.test.size(); ++k) {
-    auto d = c.tensors["seed" + std::to_string(k) + ".delta"];
+    auto d = tensor("seed" + std::to_string(k) + ".delta");
     if (d.numel() != numel)
       throw peft::FormatError(file.string() + ": seed" + std::to_string(k) + ".delta has " + std::to_string(d.numel()) +
                               " values, the adapter has " + std::to_string(numel) + " (made with other sizes? delete the folder)");
     s.deltas.push_back(d);
     Head h;
-    for (const auto& n : head_names) h.push_back(c.tensors["seed" + std::to_string(k) + "." + n]);
+    for (const auto& n : head_names) h.push_back(tensor("seed" + std::to_string(k) + "." + n));
     s.heads.push_back(h);
   }
   return true;
