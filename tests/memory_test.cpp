@@ -291,6 +291,16 @@ TEST_CASE("half-precision frozen base: every method on ViT computes in float32 a
     torch::cross_entropy_loss(got.to(torch::kFloat), labels).backward();
     torch::cross_entropy_loss(expected, labels).backward();
     torch::cross_entropy_loss(floor, labels).backward();
+    // The gradient passes through bfloat16 activations (8-bit mantissa), and how far that moves it depends
+    // on the CPU's bf16 kernels (AVX2 here, oneDNN's AVX-512 on other machines). So the yardstick is this
+    // machine's own floor: the same model entirely in bfloat16, adapters included. One tensor at a time
+    // that yardstick is itself noise: a sweep of 100 seeds x 14 methods, on the AVX2 and the default
+    // kernels, found a 4-number bias at 0.39 from float32 where the all-bf16 model was at 0.10, and
+    // tensors whose bf16 gradient is mostly noise (all-bf16 at 0.3-0.6 from float32: a ReLU mask flips).
+    // So: (1) all of a method's gradients together stay within max(3%, 2.5 x the floor's) (the sweep's
+    // worst was 1.36 x), and (2) every tensor that bfloat16 can resolve at all (floor under 25%) is
+    // within 60% (the sweep's worst: 39%). A wrong cast, a lost path or a doubled scale is off by 100%.
+    std::vector<torch::Tensor> g_mixed, g_expected, g_floor;
     for (const auto& p : mixed->named_parameters()) {
       if (!p.value().requires_grad()) {
         CHECK_FALSE(p.value().grad().defined());  // frozen means frozen
@@ -300,17 +310,20 @@ TEST_CASE("half-precision frozen base: every method on ViT computes in float32 a
       REQUIRE(p.value().grad().defined());
       CHECK(p.value().grad().scalar_type() == torch::kFloat);
       const auto& g_ref = ref->named_parameters()[p.key()].grad();
+      const auto& g_half = all_half->named_parameters()[p.key()].grad();
+      REQUIRE(g_ref.defined());
+      REQUIRE(g_half.defined());
+      g_mixed.push_back(p.value().grad().flatten()), g_expected.push_back(g_ref.flatten()), g_floor.push_back(g_half.flatten());
       if (g_ref.norm().item<double>() <= 1e-6) continue;
-      // The gradient passes through bfloat16 activations (8-bit mantissa), and how far that moves it depends
-      // on the CPU's bf16 kernels: on this machine (AVX2) every tensor lands within 5.3% of float32, but a CI
-      // machine measured 15.6% on one tensor. So the bound is this machine's own floor: the same model
-      // entirely in bfloat16, adapters included, has at least the base's rounding; float32 adapters beside
-      // the bfloat16 base must not be worse than that (a wrong cast or a lost path is off by ~100%).
-      const double err = rel_err(p.value().grad(), g_ref);
-      const double floor_err = rel_err(all_half->named_parameters()[p.key()].grad(), g_ref);
+      const double err = rel_err(p.value().grad(), g_ref), floor_err = rel_err(g_half, g_ref);
       INFO("relative error: mixed " << err << ", all bfloat16 " << floor_err);
-      CHECK(err < std::max(0.06, 2 * floor_err));
+      if (floor_err < 0.25) CHECK(err < 0.6);
     }
+    REQUIRE(!g_mixed.empty());
+    const double err = rel_err(torch::cat(g_mixed), torch::cat(g_expected));
+    const double floor_err = rel_err(torch::cat(g_floor), torch::cat(g_expected));
+    INFO("all gradients together, relative error: mixed " << err << ", all bfloat16 " << floor_err);
+    CHECK(err < std::max(0.03, 2.5 * floor_err));
   }
 }
 
