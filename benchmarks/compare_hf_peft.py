@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
-"""Side by side with Hugging Face transformers + PEFT: the same LoRA (r=8, alpha=16 on the attention's
-query and value) on the same model shape, batch, dtype, device and torch, timed by this script in Python
-and by benchmarks/method_bench (this library, built against the same PyTorch's LibTorch) in C++.
+"""Side by side with Hugging Face transformers + PEFT: the same methods on the same checkpoint (one
+model.safetensors that both sides load), the same batches, threads, dtype and torch, in one run.
 
-Build the C++ side against the PyTorch this script imports, then run, e.g. on a GPU:
+The C++ side is benchmarks/compare_bench, built against the LibTorch inside the torch wheel this script
+imports (scripts/run.sh builds it in build-torch2/), so both sides run the very same kernels:
 
-    cmake -S . -B build -DCMAKE_PREFIX_PATH=$(python3 -c "import torch;print(torch.utils.cmake_prefix_path)")
-    cmake --build build --target method_bench
-    python3 benchmarks/compare_hf_peft.py --device cuda --dtype bfloat16 --configs bert-base llama-1b --batches 1 8 32
+    .venv/bin/python benchmarks/compare_hf_peft.py                       # CPU, every table (about 40 min on 2 cores)
+    .venv/bin/python benchmarks/compare_hf_peft.py --device cuda --dtype bfloat16 --out benchmarks/results/compare_hf_peft_cuda
+    .venv/bin/python benchmarks/compare_hf_peft.py --quick --out /tmp/c  # a smoke run (CTest)
 
-For every (config, batch) it measures, on each side: the training step (forward + backward + AdamW on
-the adapter) and inference of the base model, of the LoRA model unmerged and merged (median of --reps
-after --warmup; CUDA runs are bracketed by device synchronization). The two sides run one after the
-other for each cell (interleaved over the cells), with the same number of intra-op threads. The weights
-are random on both sides (timing does not depend on their values). Writes <out>.json and <out>.md with
-the ratio C++ / Python for every cell.
+Every measurement runs in a fresh process on each side (this script re-invoked with --worker for
+PEFT, compare_bench for C++); the two sides alternate which goes first from one (config, method) group
+to the next. A group times, for one method: the training step (forward, loss, backward, AdamW) at
+each --train-batches, then inference (forward under no_grad) at each --infer-batches unmerged and,
+for LoRA, DoRA and IA3, merged, and for LLaMA shapes greedy generation of --gen-tokens with the KV
+cache. Each side reports its raw times; this script takes the medians the same way for both. Peak
+memory: two training steps of LoRA and of full fine-tuning in a fresh process each, peak RSS growth
+from before the checkpoint is loaded (CUDA: the caching allocator's peak). Writes <out>.json and
+<out>.md with the ratio C++ / PEFT for every cell.
 """
 import argparse
 import json
@@ -23,201 +26,431 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-# name: hidden, layers, heads, seq, batch, vocab, llama, kv_heads, intermediate (as in method_bench.cpp)
-SHAPES = {
-    "small": (256, 4, 4, 128, 8, 2048, False, 0, 0),
-    "gemm": (1024, 2, 16, 128, 8, 2048, False, 0, 0),
-    "bert-base": (768, 12, 12, 512, 16, 30522, False, 0, 0),
-    "llama-tiny": (256, 2, 8, 128, 4, 2048, True, 2, 688),
-    "llama-1b": (2048, 16, 32, 512, 4, 32000, True, 8, 5632),
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# name: (architecture, Hugging Face config, sequence length, warm-up, repetitions)
+CONFIGS = {
+    # tests/fixtures' tiny LLaMA shape (method_bench's llama-tiny): overhead-bound
+    "llama-tiny": ("llama", dict(vocab_size=2048, hidden_size=256, num_hidden_layers=2, num_attention_heads=8,
+                                 num_key_value_heads=2, intermediate_size=688, tie_word_embeddings=False), 128, 2, 7),
+    # SmolLM2-135M's shape (random weights: timing does not depend on their values)
+    "smollm2-135m": ("llama", dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True,
+                                   rope_theta=100000.0, rms_norm_eps=1e-5), 64, 1, 3),
+    # BERT-base (12 x 768), encoder without the pooler
+    "bert-base": ("bert", dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                               intermediate_size=3072, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), 128, 1, 3),
 }
-METRICS = ["step_ms", "base_ms", "lora_unmerged_ms", "lora_merged_ms"]
+METHODS = ["lora_qv", "lora_all", "dora_qv", "ia3", "prefix"]
+MERGEABLE = {"lora_qv", "lora_all", "dora_qv", "ia3"}
 
 
-def median_ms(fn, warmup, reps, cuda):
+# ---------------------------------------------------------------------------------------------------
+# The Python side (runs in its own process: --worker)
+
+
+def rss_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss():
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peft_config(method, arch):
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig
+
+    llama = arch == "llama"
+    qv = ["q_proj", "v_proj"] if llama else ["query", "value"]
+    task = "CAUSAL_LM" if llama else "FEATURE_EXTRACTION"
+    lora = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=qv, init_lora_weights=False, task_type=task)
+    if method == "lora_qv":
+        return LoraConfig(**lora)
+    if method == "lora_all":
+        return LoraConfig(**{**lora, "target_modules": "all-linear"})
+    if method == "dora_qv":
+        return LoraConfig(**lora, use_dora=True)
+    if method == "ia3":
+        kv = r".*\.(k_proj|v_proj|down_proj)" if llama else r".*\.(key|value)|.*layer\.\d+\.output\.dense"
+        ffn = r".*\.down_proj" if llama else r".*layer\.\d+\.output\.dense"
+        return IA3Config(target_modules=kv, feedforward_modules=ffn, task_type=task)
+    if method == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=20, task_type=task)
+    raise ValueError(method)
+
+
+def worker(spec):
     import torch
+    import transformers
+    import peft  # noqa: F401  (imported before the memory baseline, as LibTorch is on the C++ side)
 
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
+    torch.set_num_threads(spec["threads"])
+    device, cuda = spec["device"], spec["device"].startswith("cuda")
+    dtype = torch.bfloat16 if spec["dtype"] == "bfloat16" else torch.float32
+    arch, method, seq = spec["arch"], spec["method"], spec["seq"]
+    llama = arch == "llama"
+    out = {"side": "python", "method": method, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
+    def load():
+        if llama:
+            m = transformers.LlamaForCausalLM.from_pretrained(spec["model"], dtype=dtype)
+        else:
+            m = transformers.BertModel.from_pretrained(spec["model"], dtype=dtype, add_pooling_layer=False)
+        m = m.to(device)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        if method == "full":
+            for p in m.parameters():
+                p.requires_grad_(True)
+        elif method != "base":
+            from peft import get_peft_model
 
-def profile_to(path, fn, cuda, reps=3):
-    """Records `reps` calls of fn with torch.profiler into a Chrome trace (profile_summary.py reads it)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+            m = get_peft_model(m, peft_config(method, arch))
+        return m
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if cuda:
-        torch.cuda.synchronize()
-    with profile(activities=acts) as prof:
-        for _ in range(reps):
+    vocab = None
+
+    def tokens(batch, length):
+        torch.manual_seed(0)
+        ids = torch.randint(3, vocab, (batch, length), dtype=torch.long)
+        if not llama and vocab > 102:
+            ids[:, 0], ids[:, -1] = 101, 102
+        return ids.to(device)
+
+    def loss(m, ids):
+        if llama:
+            logits = m(input_ids=ids).logits
+            return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        return m(input_ids=ids).last_hidden_state.float().pow(2).mean()
+
+    def adamw(m):
+        params = [p for p in m.parameters() if p.requires_grad]
+        # CPU: PyTorch's default AdamW (a loop over tensors), as the C++ side's; CUDA: fused on both sides.
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=True if cuda else None)
+
+    def times_ms(fn):
+        for _ in range(spec["warmup"]):
             fn()
+        t = []
+        for _ in range(spec["reps"]):
+            if cuda:
+                torch.cuda.synchronize()
+            a = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            t.append(1000 * (time.perf_counter() - a))
+        return t
+
+    if spec.get("memory_batch"):
         if cuda:
             torch.cuda.synchronize()
-    prof.export_chrome_trace(path)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            reset_peak_rss()
+            before = rss_bytes("VmRSS")
+        m = load()
+        vocab = m.config.vocab_size
+        m.train()
+        opt = adamw(m)
+        ids = tokens(spec["memory_batch"], seq)
+        for _ in range(2):
+            opt.zero_grad()
+            loss(m, ids).backward()
+            opt.step()
+        peak = torch.cuda.max_memory_allocated() if cuda else rss_bytes("VmHWM")
+        out.update(memory_batch=spec["memory_batch"], peak_mb=(peak - before) / 1e6,
+                   trainable=sum(p.numel() for p in m.parameters() if p.requires_grad))
+        return out
+
+    m = load()
+    vocab = m.config.vocab_size
+    out["trainable"] = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    if method != "base":
+        m.train()
+        opt = adamw(m)
+        out["train_ms"] = {}
+        for b in spec["train_batches"]:
+            ids = tokens(b, seq)
+
+            def step():
+                opt.zero_grad()
+                loss(m, ids).backward()
+                opt.step()
+
+            out["train_ms"][str(b)] = times_ms(step)
+    m.eval()
+
+    def infer(model, key):
+        out[key + "_ms"] = {}
+        for b in spec["infer_batches"]:
+            ids = tokens(b, seq)
+            out[key + "_ms"][str(b)] = times_ms(lambda: model(input_ids=ids))
+            if method == "base" and b == spec["infer_batches"][0]:  # same weights, same math: compared with C++
+                y = model(input_ids=ids)
+                y = y.logits if llama else y.last_hidden_state
+                out["check_forward"] = y.double().abs().mean().item()
+            if llama and spec["gen_tokens"] > 0:
+                p = tokens(b, spec["prompt"])
+                mask = torch.ones_like(p)
+                res = {}
+
+                def gen():
+                    res["g"] = model.generate(input_ids=p, attention_mask=mask, max_new_tokens=spec["gen_tokens"],
+                                              do_sample=False, pad_token_id=0)
+
+                out.setdefault("generate_" + key + "_ms", {})[str(b)] = times_ms(gen)
+                if res["g"].shape[1] != spec["prompt"] + spec["gen_tokens"]:
+                    raise RuntimeError("generation stopped early")
+                if method == "base" and b == spec["infer_batches"][0]:
+                    out["check_generate"] = res["g"][0].tolist()
+
+    with torch.no_grad():
+        infer(m, "infer")
+        if method in MERGEABLE:
+            infer(m.merge_and_unload(), "merged")
+    return out
 
 
-def build_python_model(name, seq):
+# ---------------------------------------------------------------------------------------------------
+# The orchestrator
+
+
+def ensure_checkpoint(name, cache):
+    """config.json + model.safetensors of `name` with seeded random weights, written once by transformers."""
+    path = os.path.join(cache, name)
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        return path
+    import torch
     import transformers
 
-    hidden, layers, heads, _, _, vocab, llama, kv_heads, inter = SHAPES[name]
-    if llama:
-        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                       num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                       intermediate_size=inter, max_position_embeddings=max(2048, seq),
-                                       rms_norm_eps=1e-6, tie_word_embeddings=False)
-        return transformers.LlamaModel(cfg), ["q_proj", "v_proj"]
-    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                  num_attention_heads=heads, intermediate_size=4 * hidden,
-                                  max_position_embeddings=max(512, seq + 32), hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
-    return transformers.BertModel(cfg, add_pooling_layer=False), ["query", "value"]
-
-
-def time_python(name, device, dtype, batch, seq, warmup, reps, profile=None, fused=False):
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    vocab = SHAPES[name][5]
+    arch, kw, _, _, _ = CONFIGS[name]
     torch.manual_seed(0)
-    model, targets = build_python_model(name, seq)
-    tdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    model = model.to(device=device, dtype=tdtype)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    ids = torch.randint(103, vocab, (batch, seq), device=device)
-    cuda = device.startswith("cuda")
-    model.eval()
-    with torch.no_grad():
-        base_ms = median_ms(lambda: model(input_ids=ids), warmup, reps, cuda)
-        if profile:
-            profile_to(f"{profile}/py_{name}_infer_base.json", lambda: model(input_ids=ids), cuda)
-
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
-                                                  init_lora_weights=False))
-    peft_model.train()
-    # fused=True where the C++ side fuses its step too (CUDA): PyTorch's fastest AdamW, not its default.
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01,
-                            fused=fused or None)
-
-    def step():
-        opt.zero_grad()
-        out = peft_model(input_ids=ids).last_hidden_state
-        out.float().pow(2).mean().backward()
-        opt.step()
-
-    step_ms = median_ms(step, warmup, reps, cuda)
-    if profile:
-        profile_to(f"{profile}/py_{name}_train_lora_qv.json", step, cuda)
-    peft_model.eval()
-    with torch.no_grad():
-        unmerged_ms = median_ms(lambda: peft_model(input_ids=ids), warmup, reps, cuda)
-        if profile:
-            profile_to(f"{profile}/py_{name}_infer_unmerged.json", lambda: peft_model(input_ids=ids), cuda)
-        merged = peft_model.merge_and_unload()
-        merged_ms = median_ms(lambda: merged(input_ids=ids), warmup, reps, cuda)
-        if profile:
-            profile_to(f"{profile}/py_{name}_infer_merged.json", lambda: merged(input_ids=ids), cuda)
-    del opt, peft_model, merged, model
-    if cuda:
-        torch.cuda.empty_cache()
-    return {"step_ms": step_ms, "base_ms": base_ms, "lora_unmerged_ms": unmerged_ms, "lora_merged_ms": merged_ms}
+    if arch == "llama":
+        # No end-of-sequence token: generation runs its full length on both sides.
+        cfg = transformers.LlamaConfig(max_position_embeddings=2048, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.BertConfig(max_position_embeddings=512, **kw)
+        model = transformers.BertModel(cfg, add_pooling_layer=False)
+    tmp = path + ".tmp"
+    model.save_pretrained(tmp)
+    os.replace(tmp, path)
+    return path
 
 
-def time_cpp(bench, name, device, dtype, batch, seq, warmup, reps, threads, profile=None):
-    with tempfile.TemporaryDirectory() as out:
-        dev = device.split(":")[0]
-        # dropout 0 as in the Python model's config (BERT's default is 0.1: the C++ side would draw masks)
-        cmd = [bench, "--config", name, "--device", dev, "--dtype", dtype, "--methods", "lora_qv", "--skip-full",
-               "--dropout", "0",
-               "--batch", str(batch), "--seq", str(seq), "--warmup", str(warmup), "--reps", str(reps),
-               "--threads", str(threads), "--out", out] + (["--profile", profile] if profile else [])
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        with open(os.path.join(out, f"method_bench_{name}_{dev}.json")) as f:
-            j = json.load(f)
-    lora = next(m for m in j["methods"] if m["method"] == "lora_qv")
-    return {"step_ms": lora["step_ms"], "base_ms": j["inference"]["base_ms"],
-            "lora_unmerged_ms": j["inference"]["lora_unmerged_ms"], "lora_merged_ms": j["inference"]["lora_merged_ms"],
-            "libtorch": j["libtorch"]}
+def run_side(side, spec, bench):
+    if side == "python":
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    else:
+        cmd = [bench, "--model", spec["model"], "--method", spec["method"], "--seq", str(spec["seq"]),
+               "--warmup", str(spec["warmup"]), "--reps", str(spec["reps"]), "--threads", str(spec["threads"]),
+               "--device", spec["device"].split(":")[0], "--dtype", spec["dtype"], "--gen-tokens", str(spec["gen_tokens"]),
+               "--prompt", str(spec["prompt"])]
+        if spec.get("memory_batch"):
+            cmd += ["--memory-batch", str(spec["memory_batch"])]
+        if spec["train_batches"]:
+            cmd += ["--train-batches"] + [str(b) for b in spec["train_batches"]]
+        if spec["infer_batches"]:
+            cmd += ["--infer-batches"] + [str(b) for b in spec["infer_batches"]]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{side} side failed ({' '.join(cmd[:6])} ...):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def medians(result):
+    return {k: {b: statistics.median(v) for b, v in cells.items()} for k, cells in result.items() if k.endswith("_ms")}
+
+
+def fmt_cell(c, p):
+    return f"{c:.1f} / {p:.1f} | **{c / p:.2f}**" if c < 100 and p < 100 else f"{c:.0f} / {p:.0f} | **{c / p:.2f}**"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bench", default="build/benchmarks/method_bench")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--bench", default=os.path.join(ROOT, "build-torch2", "benchmarks", "compare_bench"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--configs", nargs="+", default=["bert-base"], choices=list(SHAPES))
-    ap.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default: each shape's)")
-    ap.add_argument("--seq", type=int, default=0, help="sequence length (default: each shape's)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--train-batches", nargs="+", type=int, default=[1, 4, 8, 32])
+    ap.add_argument("--infer-batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--memory-config", default="bert-base", choices=list(CONFIGS))
+    ap.add_argument("--memory-batch", type=int, default=32, help="0: no memory table")
+    ap.add_argument("--warmup", type=int, default=None, help="instead of each config's")
+    ap.add_argument("--reps", type=int, default=None, help="instead of each config's")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default="benchmarks/results/compare_hf_peft_cpu", help="path without extension")
-    ap.add_argument("--profile", default=None,
-                    help="folder: also record each cell with the profilers (<folder>/<config>_b<batch>/{cpp,py}_*.json); "
-                         "summarize with benchmarks/profile_summary.py")
+    ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "peft-cpp", "compare"),
+                    help="where the shared checkpoints are written once")
+    ap.add_argument("--quick", action="store_true", help="smoke run: llama-tiny, LoRA and prefix, batches 1 2, one rep")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "compare_hf_peft_cpu"),
+                    help="path without extension")
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.quick:
+        args.configs, args.methods, args.train_batches, args.infer_batches = ["llama-tiny"], ["lora_qv", "prefix"], [1, 2], [1]
+        args.gen_tokens, args.warmup, args.reps, args.memory_config, args.memory_batch = 4, 0, 1, "llama-tiny", 2
+    if not os.access(args.bench, os.X_OK):
+        print(f"no C++ benchmark at {args.bench}: build the target compare_bench (scripts/run.sh test builds build-torch2/)",
+              file=sys.stderr)
+        return 2
 
     import torch
     import transformers
     import peft
 
-    torch.set_num_threads(args.threads)
-    cuda = args.device.startswith("cuda")
-    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
-    rows = []
+    t0 = time.time()
+    rows, memory, libtorch, checks = [], [], None, {}
+    group = 0
     for name in args.configs:
-        seq = args.seq or SHAPES[name][3]
-        for batch in args.batches or [SHAPES[name][4]]:
-            prof = None
-            if args.profile:
-                prof = os.path.join(args.profile, f"{name}_b{batch}")
-                os.makedirs(prof, exist_ok=True)
-            py = time_python(name, args.device, args.dtype, batch, seq, args.warmup, args.reps, prof, fused=cuda)
-            cpp = time_cpp(args.bench, name, args.device, args.dtype, batch, seq, args.warmup, args.reps, args.threads,
-                           prof)
-            row = {"config": name, "batch": batch, "seq": seq, "python": py, "cpp": {k: cpp[k] for k in METRICS},
-                   "ratio": {k: cpp[k] / py[k] for k in METRICS}, "libtorch": cpp["libtorch"]}
+        arch, _, seq, warmup, reps = CONFIGS[name]
+        model = ensure_checkpoint(name, args.cache)
+        for method in ["base"] + args.methods:
+            spec = dict(model=model, arch=arch, method=method, seq=seq, device=args.device, dtype=args.dtype,
+                        threads=args.threads, warmup=args.warmup if args.warmup is not None else warmup,
+                        reps=args.reps if args.reps is not None else reps,
+                        train_batches=[] if method == "base" else args.train_batches, infer_batches=args.infer_batches,
+                        gen_tokens=args.gen_tokens if arch == "llama" else 0, prompt=args.prompt)
+            order = ["python", "cpp"] if group % 2 == 0 else ["cpp", "python"]
+            group += 1
+            res = {side: run_side(side, spec, args.bench) for side in order}
+            libtorch = res["cpp"].get("libtorch", libtorch)
+            cpp, py = medians(res["cpp"]), medians(res["python"])
+            if set(cpp) != set(py):
+                raise RuntimeError(f"{name} {method}: the sides measured different things: {sorted(cpp)} vs {sorted(py)}")
+            if method == "base":  # the two sides must compute the same thing before their times mean anything
+                fc, fp = res["cpp"]["check_forward"], res["python"]["check_forward"]
+                if abs(fc - fp) > 1e-3 * abs(fp):
+                    raise RuntimeError(f"{name}: the base model's output differs between the sides ({fc} vs {fp})")
+                if res["cpp"].get("check_generate") != res["python"].get("check_generate"):
+                    raise RuntimeError(f"{name}: greedy generation differs between the sides: "
+                                       f"{res['cpp'].get('check_generate')} vs {res['python'].get('check_generate')}")
+                checks[name] = {"forward_mean_abs": {"cpp": fc, "python": fp},
+                                "generate_row0_equal": "check_generate" in res["cpp"]}
+            row = {"config": name, "seq": seq, "method": method, "first": order[0],
+                   "trainable": {"cpp": res["cpp"]["trainable"], "python": res["python"]["trainable"]},
+                   "cpp": cpp, "python": py,
+                   "ratio": {k: {b: cpp[k][b] / py[k][b] for b in cpp[k]} for k in cpp}}
             rows.append(row)
-            print(f"{name:10s} batch {batch:3d}  " + "  ".join(
-                f"{k[:-3]} {cpp[k]:.2f}/{py[k]:.2f} ms ({row['ratio'][k]:.3f})" for k in METRICS), flush=True)
-    result = {"benchmark": "compare_hf_peft", "date": time.strftime("%Y-%m-%d", time.gmtime()),
-              "device": device_name, "dtype": args.dtype, "threads": args.threads, "torch": torch.__version__,
-              "libtorch": rows[0]["libtorch"] if rows else None, "transformers": transformers.__version__,
-              "peft": peft.__version__, "python": platform.python_version(), "warmup": args.warmup, "reps": args.reps,
-              "method": "LoRA r=8 alpha=16 on attention query/value, dropout 0",
-              "optimizer": "AdamW, fused on both sides" if cuda else "AdamW (PyTorch's default foreach; LibTorch's loop)",
-              "rows": rows}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            print(f"[{time.time() - t0:6.0f} s] {name:12s} {method:8s} trainable {row['trainable']['cpp']}/{row['trainable']['python']}  " +
+                  "  ".join(f"{k[:-3]}[{b}] {row['ratio'][k][b]:.2f}" for k in row["ratio"] for b in row["ratio"][k]), flush=True)
+    if args.memory_batch:
+        arch, _, seq, _, _ = CONFIGS[args.memory_config]
+        model = ensure_checkpoint(args.memory_config, args.cache)
+        for i, method in enumerate(["full", "lora_qv"]):
+            spec = dict(model=model, arch=arch, method=method, seq=seq, device=args.device, dtype=args.dtype,
+                        threads=args.threads, warmup=0, reps=1, train_batches=[], infer_batches=[], gen_tokens=0,
+                        prompt=args.prompt, memory_batch=args.memory_batch)
+            order = ["python", "cpp"] if i % 2 == 0 else ["cpp", "python"]
+            res = {side: run_side(side, spec, args.bench) for side in order}
+            memory.append({"config": args.memory_config, "seq": seq, "batch": args.memory_batch, "method": method,
+                           "cpp_mb": res["cpp"]["peak_mb"], "python_mb": res["python"]["peak_mb"],
+                           "trainable": res["cpp"]["trainable"]})
+            print(f"[{time.time() - t0:6.0f} s] memory {method}: C++ {res['cpp']['peak_mb']:.0f} MB, PEFT {res['python']['peak_mb']:.0f} MB",
+                  flush=True)
+
+    cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name() if cuda else cpu_model()
+    result = {"benchmark": "compare_hf_peft", "date": time.strftime("%Y-%m-%d", time.gmtime()), "device": device_name,
+              "device_kind": args.device, "cores": os.cpu_count(), "dtype": args.dtype, "threads": args.threads,
+              "torch": torch.__version__, "libtorch": libtorch, "transformers": transformers.__version__,
+              "peft": peft.__version__, "python": platform.python_version(), "seconds": round(time.time() - t0),
+              "configs": {n: {"arch": CONFIGS[n][0], "seq": CONFIGS[n][2], "warmup": args.warmup if args.warmup is not None else CONFIGS[n][3],
+                              "reps": args.reps if args.reps is not None else CONFIGS[n][4], **CONFIGS[n][1]} for n in args.configs},
+              "gen_tokens": args.gen_tokens, "prompt": args.prompt, "checks": checks, "rows": rows, "memory": memory}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
-    md = ["| shape | batch | train step ms (C++ / PEFT) | ratio | base inference ms | ratio | LoRA unmerged ms | ratio | LoRA merged ms | ratio |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        cells = [f"{r['cpp'][k]:.2f} / {r['python'][k]:.2f} | {r['ratio'][k]:.3f}" for k in METRICS]
-        md.append(f"| {r['config']} (seq {r['seq']}) | {r['batch']} | " + " | ".join(cells) + " |")
-    md.append("")
-    md.append(f"{result['method']}; {result['optimizer']}; {args.dtype} on {device_name}, {args.threads} threads; torch {torch.__version__} "
-              f"(C++: its LibTorch {result['libtorch']}), transformers {transformers.__version__}, peft {peft.__version__}, "
-              f"Python {result['python']}; median of {args.reps} after {args.warmup} warm-up; {result['date']}.")
     with open(args.out + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
+        f.write(markdown(result, args))
+    print(markdown(result, args))
     print(f"wrote {args.out}.json and {args.out}.md")
     return 0
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def markdown(result, args):
+    rows = result["rows"]
+    md = []
+    tb = [str(b) for b in args.train_batches]
+    md.append("Training step (forward, loss, backward, AdamW), ms, C++ / PEFT and the ratio (below 1: C++ faster):\n")
+    md.append("| model (seq) | method | " + " | ".join(f"batch {b} | ratio" for b in tb) + " |")
+    md.append("|---|---|" + "---:|---:|" * len(tb))
+    for r in rows:
+        if "train_ms" in r["cpp"]:
+            md.append(f"| {r['config']} ({r['seq']}) | {r['method']} | " +
+                      " | ".join(fmt_cell(r["cpp"]["train_ms"][b], r["python"]["train_ms"][b]) for b in tb) + " |")
+    ib = [str(b) for b in args.infer_batches]
+    for kind, title in [("", "Inference (forward under no_grad)"), ("generate_", f"Greedy generation of {result['gen_tokens']} tokens after "
+                                                                             f"{result['prompt']} with the KV cache")]:
+        cols = [(k, b) for b in ib for k in ("infer", "merged")]
+        body = []
+        for r in rows:
+            if kind + "infer_ms" not in r["cpp"]:
+                continue
+            cells = []
+            for k, b in cols:
+                key = kind + k + "_ms"
+                cells.append(fmt_cell(r["cpp"][key][b], r["python"][key][b]) if key in r["cpp"] else "| ")
+            body.append(f"| {r['config']} ({r['seq']}) | {r['method']} | " + " | ".join(cells) + " |")
+        if body:
+            md.append(f"\n{title}, ms, C++ / PEFT and the ratio:\n")
+            md.append("| model (seq) | method | " + " | ".join(f"batch {b} {'unmerged' if k == 'infer' else 'merged'} | ratio"
+                                                          for k, b in cols) + " |")
+            md.append("|---|---|" + "---:|---:|" * len(cols))
+            md += body
+    if result["memory"]:
+        md.append("\nPeak memory of two training steps (growth of the peak RSS from before the checkpoint is loaded), MB:\n")
+        md.append("| model (seq, batch) | method | trainable | C++ | PEFT | C++ / PEFT |")
+        md.append("|---|---|---:|---:|---:|---:|")
+        for m in result["memory"]:
+            md.append(f"| {m['config']} ({m['seq']}, {m['batch']}) | {m['method']} | {m['trainable']:,} | {m['cpp_mb']:.0f} | "
+                      f"{m['python_mb']:.0f} | **{m['cpp_mb'] / m['python_mb']:.2f}** |")
+        full = {m["method"]: m for m in result["memory"]}
+        if "full" in full and "lora_qv" in full:
+            md.append(f"\nLoRA / full fine-tuning: C++ {full['lora_qv']['cpp_mb'] / full['full']['cpp_mb']:.2f}, "
+                      f"PEFT {full['lora_qv']['python_mb'] / full['full']['python_mb']:.2f}.")
+    reps_text = ", ".join(f"{n}: {c['reps']} after {c['warmup']}" for n, c in result["configs"].items())
+    md.append(f"\n{result['dtype']} on {result['device']} ({result['cores']} cores), {result['threads']} threads on both sides; "
+              f"torch {result['torch']} (C++: its LibTorch {result['libtorch']}), transformers {result['transformers']}, "
+              f"peft {result['peft']}, Python {result['python']}; medians of each config's repetitions after its warm-up "
+              f"({reps_text}); "
+              f"LoRA r=8, alpha 16; prefix 20 virtual tokens; {result['date']}, {result['seconds']} s.")
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":
