@@ -6,6 +6,7 @@
 //   compare_bench --model DIR --method lora_qv --seq 128 --train-batches 1 4 8 32 --infer-batches 1 8 \
 //                 --gen-tokens 32 --prompt 16 --warmup 2 --reps 5 --threads 2
 //   compare_bench --model DIR --method full --seq 128 --memory-batch 32     # peak RSS of two training steps
+//   (--checkpointing: activation checkpointing of every block, as transformers' gradient_checkpointing_enable())
 //
 // Methods (identical definitions on the Python side): base (inference only), full, lora_qv, lora_all,
 // dora_qv, ia3, prefix. Training step: forward, loss (LLaMA: next-token cross-entropy over the logits;
@@ -138,6 +139,7 @@ int main(int argc, char** argv) {
   int64_t seq = 128, gen_tokens = 32, prompt = 16, memory_batch = 0;
   std::vector<int64_t> train_batches, infer_batches;
   int warmup = 2, reps = 5;
+  bool checkpointing = false;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   app.add_option("--model", model_dir, "Hugging Face checkpoint folder (config.json, model.safetensors)")->required();
   app.add_option("--method", method, "base, full, lora_qv, lora_all, dora_qv, ia3 or prefix");
@@ -147,6 +149,7 @@ int main(int argc, char** argv) {
   app.add_option("--gen-tokens", gen_tokens, "LLaMA: greedy tokens generated per row (0: no generation)")->check(cli_checks::NonNegative);
   app.add_option("--prompt", prompt, "LLaMA: prompt tokens before generation")->check(cli_checks::Positive);
   app.add_option("--memory-batch", memory_batch, "only measure peak memory of two training steps at this batch")->check(cli_checks::NonNegative);
+  app.add_flag("--checkpointing", checkpointing, "activation checkpointing of every transformer block (training)");
   app.add_option("--warmup", warmup, "untimed repetitions first")->check(cli_checks::NonNegative);
   app.add_option("--reps", reps, "timed repetitions")->check(cli_checks::Positive);
   app.add_option("--threads", threads, "intra-op threads")->check(cli_checks::Positive);
@@ -164,6 +167,7 @@ int main(int argc, char** argv) {
     out["method"] = method;
     out["libtorch"] = TORCH_VERSION;
     out["threads"] = threads;
+    out["checkpointing"] = checkpointing;
 
     if (memory_batch > 0) {  // peak memory: from before the model is loaded to the end of two training steps
       int64_t before = 0;
@@ -182,9 +186,23 @@ int main(int argc, char** argv) {
       }
       auto m = load(model_dir, dev, st);
       attach(m, method);
+      if (checkpointing) peft::enable_gradient_checkpointing(*m.module);
       m.module->train();
       auto opt = peft::train::make_adamw(m.module, 1e-4, 0.01);
       const auto ids = tokens(m, memory_batch, seq, dev);
+      // The peak of loading (a transient the two loaders differ in) is reported apart; the training peak
+      // counts from the same baseline but only what is resident from here on.
+      int64_t load_peak = 0;
+      if (cuda) {
+#ifdef PEFT_BENCH_CUDA_STATS
+        torch::cuda::synchronize();
+        load_peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+        c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+#endif
+      } else {
+        load_peak = peft::train::rss().peak;
+        peft::train::reset_peak_rss();
+      }
       for (int i = 0; i < 2; ++i) {
         opt.zero_grad();
         loss(m, ids).backward();
@@ -201,6 +219,7 @@ int main(int argc, char** argv) {
       }
       out["memory_batch"] = memory_batch;
       out["peak_mb"] = static_cast<double>(peak - before) / 1e6;
+      out["load_peak_mb"] = static_cast<double>(load_peak - before) / 1e6;
       out["trainable"] = peft::count_parameters(m.module).trainable;
       fmt::print("{}\n", out.dump());
       return 0;
@@ -208,6 +227,7 @@ int main(int argc, char** argv) {
 
     auto m = load(model_dir, dev, st);
     attach(m, method);
+    if (checkpointing) peft::enable_gradient_checkpointing(*m.module);
     out["trainable"] = peft::count_parameters(m.module).trainable;
     if (method != "base") {
       m.module->train();

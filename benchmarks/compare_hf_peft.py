@@ -115,6 +115,8 @@ def worker(spec):
         m = m.to(device)
         for p in m.parameters():
             p.requires_grad_(False)
+        if spec.get("checkpointing"):  # what PEFT's recipes turn on; non-reentrant: frozen inputs are fine
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if method == "full":
             for p in m.parameters():
                 p.requires_grad_(True)
@@ -172,12 +174,21 @@ def worker(spec):
         m.train()
         opt = adamw(m)
         ids = tokens(spec["memory_batch"], seq)
+        # The peak of loading (a transient the two loaders differ in) is reported apart; the training peak
+        # counts from the same baseline but only what is resident from here on.
+        if cuda:
+            torch.cuda.synchronize()
+            load_peak = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            load_peak = rss_bytes("VmHWM")
+            reset_peak_rss()
         for _ in range(2):
             opt.zero_grad()
             loss(m, ids).backward()
             opt.step()
         peak = torch.cuda.max_memory_allocated() if cuda else rss_bytes("VmHWM")
-        out.update(memory_batch=spec["memory_batch"], peak_mb=(peak - before) / 1e6,
+        out.update(memory_batch=spec["memory_batch"], peak_mb=(peak - before) / 1e6, load_peak_mb=(load_peak - before) / 1e6,
                    trainable=sum(p.numel() for p in m.parameters() if p.requires_grad))
         return out
 
@@ -267,11 +278,16 @@ def run_side(side, spec, bench):
                "--prompt", str(spec["prompt"])]
         if spec.get("memory_batch"):
             cmd += ["--memory-batch", str(spec["memory_batch"])]
+        if spec.get("checkpointing"):
+            cmd += ["--checkpointing"]
         if spec["train_batches"]:
             cmd += ["--train-batches"] + [str(b) for b in spec["train_batches"]]
         if spec["infer_batches"]:
             cmd += ["--infer-batches"] + [str(b) for b in spec["infer_batches"]]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if spec.get("mmap_threshold"):  # glibc: every block this large is its own mapping, handed back when freed
+        env["MALLOC_MMAP_THRESHOLD_"] = str(spec["mmap_threshold"])
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{side} side failed ({' '.join(cmd[:6])} ...):\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -299,11 +315,19 @@ def main():
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--memory-config", default="bert-base", choices=list(CONFIGS))
     ap.add_argument("--memory-batch", type=int, default=32, help="0: no memory table")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory table")
     ap.add_argument("--warmup", type=int, default=None, help="instead of each config's")
     ap.add_argument("--reps", type=int, default=None, help="instead of each config's")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each (config, method) group this many times per side, alternating which side goes first; "
+                         "the medians pool every repetition")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "peft-cpp", "compare"),
                     help="where the shared checkpoints are written once")
+    ap.add_argument("--replace-into", default=None,
+                    help="an earlier result (path without extension): this run's rows replace its rows of the same "
+                         "model and method (marked as re-run), the rest is kept, and the result is written there")
+    ap.add_argument("--rerun-note", default="", help="with --replace-into: why these rows were measured again")
     ap.add_argument("--quick", action="store_true", help="smoke run: llama-tiny, LoRA and prefix, batches 1 2, one rep")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "compare_hf_peft_cpu"),
                     help="path without extension")
@@ -326,7 +350,7 @@ def main():
     t0 = time.time()
     rows, memory, libtorch, checks = [], [], None, {}
     group = 0
-    for name in args.configs:
+    for name in [] if args.memory_only else args.configs:
         arch, _, seq, warmup, reps = CONFIGS[name]
         model = ensure_checkpoint(name, args.cache)
         for method in ["base"] + args.methods:
@@ -338,6 +362,13 @@ def main():
             order = ["python", "cpp"] if group % 2 == 0 else ["cpp", "python"]
             group += 1
             res = {side: run_side(side, spec, args.bench) for side in order}
+            for rep in range(1, args.repeat):  # again, the other side first each time (ABBA); raw times pooled
+                for side in (order[::-1] if rep % 2 else order):
+                    again = run_side(side, spec, args.bench)
+                    for key, cells in again.items():
+                        if key.endswith("_ms"):
+                            for b, times in cells.items():
+                                res[side][key][b] = res[side][key][b] + times
             libtorch = res["cpp"].get("libtorch", libtorch)
             cpp, py = medians(res["cpp"]), medians(res["python"])
             if set(cpp) != set(py):
@@ -351,7 +382,7 @@ def main():
                                        f"{res['cpp'].get('check_generate')} vs {res['python'].get('check_generate')}")
                 checks[name] = {"forward_mean_abs": {"cpp": fc, "python": fp},
                                 "generate_row0_equal": "check_generate" in res["cpp"]}
-            row = {"config": name, "seq": seq, "method": method, "first": order[0],
+            row = {"config": name, "seq": seq, "method": method, "first": order[0], "repeat": args.repeat,
                    "trainable": {"cpp": res["cpp"]["trainable"], "python": res["python"]["trainable"]},
                    "cpp": cpp, "python": py,
                    "ratio": {k: {b: cpp[k][b] / py[k][b] for b in cpp[k]} for k in cpp}}
@@ -361,17 +392,26 @@ def main():
     if args.memory_batch:
         arch, _, seq, _, _ = CONFIGS[args.memory_config]
         model = ensure_checkpoint(args.memory_config, args.cache)
-        for i, method in enumerate(["full", "lora_qv"]):
-            spec = dict(model=model, arch=arch, method=method, seq=seq, device=args.device, dtype=args.dtype,
-                        threads=args.threads, warmup=0, reps=1, train_batches=[], infer_batches=[], gen_tokens=0,
-                        prompt=args.prompt, memory_batch=args.memory_batch)
-            order = ["python", "cpp"] if i % 2 == 0 else ["cpp", "python"]
-            res = {side: run_side(side, spec, args.bench) for side in order}
-            memory.append({"config": args.memory_config, "seq": seq, "batch": args.memory_batch, "method": method,
-                           "cpp_mb": res["cpp"]["peak_mb"], "python_mb": res["python"]["peak_mb"],
-                           "trainable": res["cpp"]["trainable"]})
-            print(f"[{time.time() - t0:6.0f} s] memory {method}: C++ {res['cpp']['peak_mb']:.0f} MB, PEFT {res['python']['peak_mb']:.0f} MB",
-                  flush=True)
+        # Twice: with glibc's defaults (what a user's process shows), and with every block of 128 KiB or more
+        # mapped on its own (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave the resident set at once
+        # and the peak is the live tensors' (the default threshold grows up to 32 MiB, and freed blocks
+        # below it stay in the heap, in amounts that depend on each side's order of allocations).
+        for i, (method, ckpt) in enumerate([("full", False), ("lora_qv", False), ("lora_qv", True)]):
+            entry = {"config": args.memory_config, "seq": seq, "batch": args.memory_batch, "method": method, "checkpointing": ckpt}
+            for j, mmap in enumerate([0, 131072]):
+                spec = dict(model=model, arch=arch, method=method, seq=seq, device=args.device, dtype=args.dtype,
+                            threads=args.threads, warmup=0, reps=1, train_batches=[], infer_batches=[], gen_tokens=0,
+                            prompt=args.prompt, memory_batch=args.memory_batch, checkpointing=ckpt, mmap_threshold=mmap)
+                order = ["python", "cpp"] if (i + j) % 2 == 0 else ["cpp", "python"]
+                res = {side: run_side(side, spec, args.bench) for side in order}
+                tag = "" if not mmap else "_mmap"
+                entry.update({"cpp_mb" + tag: res["cpp"]["peak_mb"], "python_mb" + tag: res["python"]["peak_mb"],
+                              "cpp_load_mb" + tag: res["cpp"]["load_peak_mb"], "python_load_mb" + tag: res["python"]["load_peak_mb"],
+                              "trainable": res["cpp"]["trainable"]})
+                print(f"[{time.time() - t0:6.0f} s] memory {method}{' + checkpointing' if ckpt else ''}"
+                      f"{' (mmap threshold 128 KiB)' if mmap else ''}: C++ {res['cpp']['peak_mb']:.0f} MB, PEFT {res['python']['peak_mb']:.0f} MB",
+                      flush=True)
+            memory.append(entry)
 
     cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name() if cuda else cpu_model()
@@ -382,6 +422,20 @@ def main():
               "configs": {n: {"arch": CONFIGS[n][0], "seq": CONFIGS[n][2], "warmup": args.warmup if args.warmup is not None else CONFIGS[n][3],
                               "reps": args.reps if args.reps is not None else CONFIGS[n][4], **CONFIGS[n][1]} for n in args.configs},
               "gen_tokens": args.gen_tokens, "prompt": args.prompt, "checks": checks, "rows": rows, "memory": memory}
+    if args.replace_into:
+        with open(args.replace_into + ".json") as f:
+            old = json.load(f)
+        for r in rows:
+            r["rerun"] = result["date"]
+        fresh = {(r["config"], r["method"]): r for r in rows}
+        old["rows"] = [fresh.pop((r["config"], r["method"]), r) for r in old["rows"]] + list(fresh.values())
+        if rows:
+            old.setdefault("reruns", []).append({"date": result["date"], "seconds": result["seconds"], "note": args.rerun_note,
+                                                 "rows": [[r["config"], r["method"]] for r in rows]})
+        if memory:
+            old["memory"] = memory
+            old["memory_run"] = {"date": result["date"], "seconds": result["seconds"], "note": args.rerun_note}
+        result, args.out = old, args.replace_into
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
@@ -403,6 +457,10 @@ def cpu_model():
     return platform.processor() or "cpu"
 
 
+def label(row):
+    return row["method"] + (" †" if "rerun" in row else "")
+
+
 def markdown(result, args):
     rows = result["rows"]
     md = []
@@ -412,7 +470,7 @@ def markdown(result, args):
     md.append("|---|---|" + "---:|---:|" * len(tb))
     for r in rows:
         if "train_ms" in r["cpp"]:
-            md.append(f"| {r['config']} ({r['seq']}) | {r['method']} | " +
+            md.append(f"| {r['config']} ({r['seq']}) | {label(r)} | " +
                       " | ".join(fmt_cell(r["cpp"]["train_ms"][b], r["python"]["train_ms"][b]) for b in tb) + " |")
     ib = [str(b) for b in args.infer_batches]
     for kind, title in [("", "Inference (forward under no_grad)"), ("generate_", f"Greedy generation of {result['gen_tokens']} tokens after "
@@ -426,7 +484,7 @@ def markdown(result, args):
             for k, b in cols:
                 key = kind + k + "_ms"
                 cells.append(fmt_cell(r["cpp"][key][b], r["python"][key][b]) if key in r["cpp"] else "| ")
-            body.append(f"| {r['config']} ({r['seq']}) | {r['method']} | " + " | ".join(cells) + " |")
+            body.append(f"| {r['config']} ({r['seq']}) | {label(r)} | " + " | ".join(cells) + " |")
         if body:
             md.append(f"\n{title}, ms, C++ / PEFT and the ratio:\n")
             md.append("| model (seq) | method | " + " | ".join(f"batch {b} {'unmerged' if k == 'infer' else 'merged'} | ratio"
@@ -434,22 +492,43 @@ def markdown(result, args):
             md.append("|---|---|" + "---:|---:|" * len(cols))
             md += body
     if result["memory"]:
-        md.append("\nPeak memory of two training steps (growth of the peak RSS from before the checkpoint is loaded), MB:\n")
-        md.append("| model (seq, batch) | method | trainable | C++ | PEFT | C++ / PEFT |")
-        md.append("|---|---|---:|---:|---:|---:|")
+        md.append("\nPeak memory of two training steps, MB: the peak RSS during the steps less the RSS before the checkpoint "
+                  "was loaded (weights, gradients, optimizer state, activations; CUDA: the allocator's peak), with glibc's "
+                  "defaults and with MALLOC_MMAP_THRESHOLD_=131072 (freed tensors leave the resident set at once: the live "
+                  "tensors' peak). Loading's own peak (default allocator) is reset before the steps and shown apart:\n")
+        md.append("| model (seq, batch) | method | trainable | C++ | PEFT | C++ / PEFT | C++, mmap 128K | PEFT, mmap 128K | "
+                  "C++ / PEFT | loading: C++ | PEFT |")
+        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for m in result["memory"]:
-            md.append(f"| {m['config']} ({m['seq']}, {m['batch']}) | {m['method']} | {m['trainable']:,} | {m['cpp_mb']:.0f} | "
-                      f"{m['python_mb']:.0f} | **{m['cpp_mb'] / m['python_mb']:.2f}** |")
-        full = {m["method"]: m for m in result["memory"]}
-        if "full" in full and "lora_qv" in full:
-            md.append(f"\nLoRA / full fine-tuning: C++ {full['lora_qv']['cpp_mb'] / full['full']['cpp_mb']:.2f}, "
-                      f"PEFT {full['lora_qv']['python_mb'] / full['full']['python_mb']:.2f}.")
+            what = m["method"] + (" + activation checkpointing" if m.get("checkpointing") else "")
+            cells = [f"{m['cpp_mb']:.0f} | {m['python_mb']:.0f} | **{m['cpp_mb'] / m['python_mb']:.2f}**"]
+            if "cpp_mb_mmap" in m:
+                cells.append(f"{m['cpp_mb_mmap']:.0f} | {m['python_mb_mmap']:.0f} | **{m['cpp_mb_mmap'] / m['python_mb_mmap']:.2f}**")
+            else:
+                cells.append(" | | ")
+            cells.append(f"{m.get('cpp_load_mb', 0):.0f} | {m.get('python_load_mb', 0):.0f}")
+            md.append(f"| {m['config']} ({m['seq']}, {m['batch']}) | {what} | {m['trainable']:,} | " + " | ".join(cells) + " |")
+        full = next((m for m in result["memory"] if m["method"] == "full"), None)
+        for m in result["memory"]:
+            if full and m["method"] != "full":
+                what = m["method"] + (" with activation checkpointing" if m.get("checkpointing") else "")
+                line = (f"\n{what} / full fine-tuning: C++ {m['cpp_mb'] / full['cpp_mb']:.2f}, "
+                        f"PEFT {m['python_mb'] / full['python_mb']:.2f}")
+                if "cpp_mb_mmap" in m:
+                    line += (f" (mmap 128K: C++ {m['cpp_mb_mmap'] / full['cpp_mb_mmap']:.2f}, "
+                             f"PEFT {m['python_mb_mmap'] / full['python_mb_mmap']:.2f})")
+                md.append(line + ".")
     reps_text = ", ".join(f"{n}: {c['reps']} after {c['warmup']}" for n, c in result["configs"].items())
     md.append(f"\n{result['dtype']} on {result['device']} ({result['cores']} cores), {result['threads']} threads on both sides; "
               f"torch {result['torch']} (C++: its LibTorch {result['libtorch']}), transformers {result['transformers']}, "
               f"peft {result['peft']}, Python {result['python']}; medians of each config's repetitions after its warm-up "
               f"({reps_text}); "
               f"LoRA r=8, alpha 16; prefix 20 virtual tokens; {result['date']}, {result['seconds']} s.")
+    if result.get("memory_run"):
+        m = result["memory_run"]
+        md.append(f"\nThe memory table is from a separate run on {m['date']} ({m['seconds']} s). {m['note']}")
+    for r in result.get("reruns", []):
+        md.append(f"\n† measured again on {r['date']} ({r['seconds']} s), both sides, same settings: {r['note']}")
     return "\n".join(md) + "\n"
 
 

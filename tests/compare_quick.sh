@@ -19,6 +19,7 @@ for row in r["rows"]:
     assert row["trainable"]["cpp"] == row["trainable"]["python"], row
     for key, cells in row["ratio"].items():
         assert all(v > 0 for v in cells.values()), (row["method"], key, cells)
-assert [m["method"] for m in r["memory"]] == ["full", "lora_qv"], r["memory"]
+assert [(m["method"], m["checkpointing"]) for m in r["memory"]] == [("full", False), ("lora_qv", False), ("lora_qv", True)], r["memory"]
+assert all(m["cpp_mb"] > 0 and m["python_mb"] > 0 for m in r["memory"]), r["memory"]
 print("compare_quick: both sides agree on the model and the trainable counts; every cell timed")
 PY

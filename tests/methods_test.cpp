@@ -70,6 +70,77 @@ TEST_CASE("DoRA: magnitude over the normalized adapted weight, HF keys, merge ru
   CHECK_THAT(proj(px), AllClose(want, 1e-5, 1e-5));
 }
 
+TEST_CASE("DoRA on a Linear: outputs and gradients of the paper's W', with and without dropout, stacked on LoRA",
+          "[methods][dora]") {
+  // Without dropout DoRA takes x Wᵀ from the frozen op's own output; with dropout, or under a second
+  // adapter, it must still compute the same function. The reference is autograd through the formula
+  // W' = m (W + sBA) / ||W + sBA|| with the norm detached (the paper, section 4.3).
+  for (const double p : {0.0, 0.3}) {
+    INFO("lora_dropout " << p);
+    torch::manual_seed(11);
+    peft::Linear fc(peft::LinearOptions(12, 7));
+    torch::nn::Sequential model;
+    model->push_back("fc", fc);
+    peft::attach(model, peft::LoraConfig().r(3).lora_alpha(6).lora_dropout(p).use_dora(true).target_modules({"fc"}));
+    auto* t = dynamic_cast<peft::DoraLinearImpl*>(fc->adapter("default"));
+    REQUIRE(t);
+    {
+      torch::NoGradGuard g;
+      t->lora_B.normal_(), t->lora_magnitude_vector.uniform_(0.5, 2.0);
+    }
+    auto x = torch::randn({4, 5, 12});
+    const auto formula = [&](const torch::Tensor& xin) {
+      auto adapted = fc->weight + 2.0 * torch::mm(t->lora_B, t->lora_A);
+      auto wprime = (t->lora_magnitude_vector / adapted.norm(2, {1}).detach()).unsqueeze(1) * adapted;
+      return torch::nn::functional::linear(xin, wprime, fc->bias);
+    };
+    auto grads = [&](const torch::Tensor& y) {
+      for (auto* q : {&t->lora_A, &t->lora_B, &t->lora_magnitude_vector})
+        if (q->grad().defined()) q->grad().zero_();
+      y.pow(2).sum().backward();
+      return std::vector<torch::Tensor>{t->lora_A.grad().clone(), t->lora_B.grad().clone(), t->lora_magnitude_vector.grad().clone()};
+    };
+    fc->eval();  // no dropout drawn: the reused path
+    const auto want = grads(formula(x));
+    auto y = fc(x);
+    CHECK_THAT(y, AllClose(formula(x), 1e-5, 1e-5));
+    const auto got = grads(y);
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK_THAT(got[i], AllClose(want[i], 1e-4, 1e-5));
+    if (p > 0) {  // training with dropout: DoRA multiplies the dropped input by W itself, as PEFT does
+      fc->train();
+      torch::manual_seed(12);
+      auto yd = fc(x);
+      torch::manual_seed(12);
+      auto xd = torch::nn::functional::dropout(x, torch::nn::functional::DropoutFuncOptions().p(p).training(true));
+      torch::NoGradGuard g;
+      auto adapted = fc->weight + 2.0 * torch::mm(t->lora_B, t->lora_A);
+      auto gain = t->lora_magnitude_vector / adapted.norm(2, {1});
+      auto expect = torch::nn::functional::linear(x, fc->weight, fc->bias) + (gain - 1) * torch::matmul(xd, fc->weight.t()) +
+                    gain * torch::matmul(torch::matmul(xd, t->lora_A.t()), t->lora_B.t()) * 2.0;
+      CHECK_THAT(yd, AllClose(expect, 1e-5, 1e-5));
+    }
+  }
+  // Under a LoRA adapter active on the same Linear, DoRA's x Wᵀ is still the frozen op's alone.
+  torch::manual_seed(13);
+  peft::Linear fc(peft::LinearOptions(12, 7));
+  torch::nn::Sequential model;
+  model->push_back("fc", fc);
+  peft::attach(model, peft::LoraConfig().r(2).lora_alpha(2).init_lora_weights(false).target_modules({"fc"}), "plain");
+  peft::attach(model, peft::LoraConfig().r(3).lora_alpha(6).use_dora(true).target_modules({"fc"}), "dora");
+  peft::set_adapter(model, std::vector<std::string>{"plain", "dora"});
+  auto* t = dynamic_cast<peft::DoraLinearImpl*>(fc->adapter("dora"));
+  auto* l = dynamic_cast<peft::LoraLinearImpl*>(fc->adapter("plain"));
+  REQUIRE(t);
+  REQUIRE(l);
+  torch::NoGradGuard g;
+  t->lora_B.normal_(), t->lora_magnitude_vector.uniform_(0.5, 2.0);
+  auto x = torch::randn({3, 12});
+  auto adapted = fc->weight + 2.0 * torch::mm(t->lora_B, t->lora_A);
+  auto wprime = (t->lora_magnitude_vector / adapted.norm(2, {1})).unsqueeze(1) * adapted;
+  auto expect = torch::nn::functional::linear(x, wprime, fc->bias) + torch::matmul(torch::matmul(x, l->lora_A.t()), l->lora_B.t());
+  CHECK_THAT(fc(x), AllClose(expect, 1e-5, 1e-5));
+}
+
 TEST_CASE("RLRR + SSF: residual rescaling on every Linear, scale/shift after norms and the patch embedding", "[methods][rlrr]") {
   // Formula: Σ_linear (in + out + out[f]) + Σ_norm,conv 2C + the head (modules_to_save).
   int64_t per_block = 4 * (32 + 32 + 32) + (32 + 64 + 64) + (64 + 32 + 32) + 2 * (2 * 32);

@@ -269,7 +269,8 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
       y = run(h, w);
     }
     if (!parallel_.empty()) {
-      const WeightSet base = base_weights();
+      WeightSet base = base_weights();
+      if (weight_.empty() && inside_.empty()) base.output = y;  // still the plain op's output
       for (Tuner* t : parallel_)
         y = detail::in_own_dtype(*t, y, [&](const at::Tensor& yy) {
           return t->parallel_with(detail::cast_floating(h, yy.scalar_type()), yy, base);

@@ -53,6 +53,10 @@ inline const char* placement_name(Placement p) {
 struct WeightSet {
   at::Tensor weight;
   at::Tensor bias;
+  /// Given to parallel tuners: the frozen op's own output on this input (x Wᵀ + b for a Linear) when
+  /// the frame has it, i.e. no weight-placed or in-op tuner changed the op; undefined otherwise. DoRA
+  /// reuses it instead of computing x Wᵀ a second time (as PEFT does).
+  at::Tensor output;
 };
 
 /// Interface of every tuner. Implement the hook that matches `placement()`; the others throw.

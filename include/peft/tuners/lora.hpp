@@ -460,7 +460,8 @@ class DoraTuner : public Tuner {
 /// DoRA (arXiv 2402.09353) on a Linear slot: LoRA plus a magnitude vector m [out] over the
 /// row-normalized adapted weight, W' = (m / ||W + s B A||) (W + s B A), the norm detached from the graph.
 /// Computed as Hugging Face PEFT does, without forming W' for the input:
-///     y = base(x) + (g - 1) * (x_d Wᵀ) + g * s * (x_d Aᵀ Bᵀ),   g = m / ||W + s B A||,  x_d = dropout(x).
+///     y = base(x) + (g - 1) * (x_d Wᵀ) + g * s * (x_d Aᵀ Bᵀ),   g = m / ||W + s B A||,  x_d = dropout(x),
+/// where x_d Wᵀ is base(x) - b when no dropout is drawn (the frame's `base.output`).
 class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public DoraTuner<DoraLinearImpl> {
  public:
   /// `weight`: the frozen W, used once to initialize m = ||W|| (B = 0 at init).
@@ -494,7 +495,11 @@ class DoraLinearImpl : public torch::nn::Cloneable<DoraLinearImpl>, public DoraT
     const auto w = base.weight.to(lora_A.scalar_type());
     const auto g = lora_magnitude_vector / weight_norm(w);
     const auto lora = at::matmul(at::matmul(xd, lora_A.t()), lora_B.t()) * spec.scaling;
-    return y + (g - 1) * at::matmul(xd, w.t()) + g * lora;
+    // x_d Wᵀ: without dropout it is the frozen op's own output less its bias, which the frame hands
+    // over (one GEMM less forward and one less backward per adapted module); otherwise computed here.
+    const bool reuse = xd.is_same(x) && base.output.defined() && base.output.scalar_type() == w.scalar_type();
+    const auto xw = !reuse ? at::matmul(xd, w.t()) : base.bias.defined() ? base.output - base.bias : base.output;
+    return y + (g - 1) * xw + g * lora;
   }
   WeightSet delta(const WeightSet& base) const override {
     const auto w = base.weight.to(lora_A.scalar_type());
