@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 #include <cmath>
 #include <numeric>
 #include <sstream>
@@ -69,10 +70,10 @@ inline std::string accuracy_table(const nlohmann::ordered_json& rows, const std:
   return md.str();
 }
 
-/// Median wall time of `f` in milliseconds over `reps` runs after `warmup` untimed ones (the upper
-/// middle value for an even count); with `cuda`, each run is bracketed by device synchronization.
+/// Wall times of `f` in milliseconds, `reps` runs after `warmup` untimed ones; with `cuda`, each run
+/// is bracketed by device synchronization.
 template <class F>
-double median_ms(F&& f, int warmup, int reps, bool cuda = false) {
+std::vector<double> times_ms(F&& f, int warmup, int reps, bool cuda = false) {
   for (int i = 0; i < warmup; ++i) f();
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
@@ -82,6 +83,13 @@ double median_ms(F&& f, int warmup, int reps, bool cuda = false) {
     if (cuda) torch::cuda::synchronize();
     t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
   }
+  return t;
+}
+
+/// Median of times_ms (the upper middle value for an even count).
+template <class F>
+double median_ms(F&& f, int warmup, int reps, bool cuda = false) {
+  auto t = times_ms(std::forward<F>(f), warmup, reps, cuda);
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }

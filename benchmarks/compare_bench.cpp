@@ -28,9 +28,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
-#include <chrono>
 #include <filesystem>
-#include <functional>
 #include <thread>
 
 namespace M = peft::models;
@@ -116,19 +114,6 @@ torch::Tensor loss(Model& m, const torch::Tensor& ids) {
 void forward(Model& m, const torch::Tensor& ids) {
   if (m.llama) m.lm->forward(ids);
   else m.bert->forward(ids);
-}
-
-std::vector<double> times_ms(const std::function<void()>& f, int warmup, int reps, bool cuda) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    if (cuda) torch::cuda::synchronize();
-    const auto a = std::chrono::steady_clock::now();
-    f();
-    if (cuda) torch::cuda::synchronize();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  return t;
 }
 
 }  // namespace
@@ -234,7 +219,7 @@ int main(int argc, char** argv) {
       auto opt = peft::train::make_adamw(m.module, 1e-4, 0.01);
       for (const auto b : train_batches) {
         const auto ids = tokens(m, b, seq, dev);
-        out["train_ms"][std::to_string(b)] = times_ms([&] {
+        out["train_ms"][std::to_string(b)] = bench::times_ms([&] {
           opt.zero_grad();
           loss(m, ids).backward();
           opt.step();
@@ -246,7 +231,7 @@ int main(int argc, char** argv) {
     auto infer = [&](const std::string& key) {
       for (const auto b : infer_batches) {
         const auto ids = tokens(m, b, seq, dev);
-        out[key + "_ms"][std::to_string(b)] = times_ms([&] { forward(m, ids); }, warmup, reps, cuda);
+        out[key + "_ms"][std::to_string(b)] = bench::times_ms([&] { forward(m, ids); }, warmup, reps, cuda);
         if (method == "base" && b == infer_batches.front()) {  // same weights, same math: compared with the Python side
           auto y = m.llama ? m.lm->forward(ids) : m.bert->forward(ids).last_hidden_state;
           out["check_forward"] = y.to(torch::kDouble).abs().mean().item<double>();
@@ -255,7 +240,7 @@ int main(int argc, char** argv) {
           const auto p = tokens(m, b, prompt, dev);
           const auto o = M::GenerationOptions().max_new_tokens(gen_tokens).eos_token_ids(std::vector<int64_t>{});
           at::Tensor g;
-          out["generate_" + key + "_ms"][std::to_string(b)] = times_ms([&] { g = M::generate(*m.lm, p, o); }, warmup, reps, cuda);
+          out["generate_" + key + "_ms"][std::to_string(b)] = bench::times_ms([&] { g = M::generate(*m.lm, p, o); }, warmup, reps, cuda);
           if (g.size(1) != prompt + gen_tokens) throw std::runtime_error("generation stopped early");
           if (method == "base" && b == infer_batches.front()) {
             const auto row = g[0].to(torch::kCPU).contiguous();
