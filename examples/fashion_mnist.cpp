@@ -5,8 +5,12 @@
 //
 //   ./build/examples/fashion_mnist                         # LoRA vs full fine-tuning on new classes
 //   ./build/examples/fashion_mnist --method vpt_deep --task rotation --steps 500
+//   torchrun --no-python --nproc-per-node 2 ./build/examples/fashion_mnist --distributed --threads 1
+//   scripts/peft-launch -n 2 ./build/examples/fashion_mnist --distributed --threads 1   # without Python
 
 #include "common/fashion_experiment.hpp"
+
+#include <peft/train/distributed.hpp>
 
 #include <CLI/CLI.hpp>
 #include "common/cli_checks.hpp"
@@ -34,18 +38,38 @@ int main(int argc, char** argv) {
   app.add_option("--upstream-steps", upstream_steps, "steps of the (cached) upstream pretraining")->check(cli_checks::Positive);
   app.add_option("--out", out, "where the adapter is saved (HF PEFT layout)");
   app.add_option("--log", log_path, "append metrics as JSON lines to this file");
+  bool distributed = false;
+  app.add_flag("--distributed", distributed,
+               "data-parallel over the ranks torchrun or scripts/peft-launch started (c10d: Gloo, NCCL with --device cuda); "
+               "each batch of 32 is split among them, rank 0 prints and saves");
   CLI11_PARSE(app, argc, argv);
 
   try {
     torch::set_num_threads(static_cast<int>(threads));
     if (device == "cuda" && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device available");
-    const torch::Device dev = device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    std::shared_ptr<peft::dist::Group> group;
+    torch::Device dev = device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    if (distributed) {
+      const auto env = peft::dist::Environment::from_env();
+      if (dev.is_cuda()) dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
+      peft::dist::GroupOptions go;
+      go.device = dev;
+      group = peft::dist::Group::create(env, go);
+      if (group->is_main())
+        fmt::print("data-parallel: {} ranks ({}), this is rank {}\n", group->world_size(), group->backend(), group->rank());
+    }
+    const bool main_rank = !group || group->is_main();
+    if (!main_rank && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank " + std::to_string(group->rank()));  // rank 0 alone prints
     if (lr == 0) lr = method == "linear" ? 1e-1 : 1e-2;  // what the accuracy benchmark's validation chose
     peft::train::JsonlLog log;
-    if (!log_path.empty()) log = peft::train::JsonlLog(log_path);
+    if (!log_path.empty() && main_rank) log = peft::train::JsonlLog(log_path);
 
+    // Rank 0 prepares the data and the upstream checkpoint (cached files) before the others read them.
+    const auto prep = std::chrono::hours(2);  // the upstream pretraining may take a while on a laptop
+    if (group && !main_rank) group->barrier(prep);
     auto train_raw = fashion::load_split(true), test_raw = fashion::load_split(false);
-    const auto ckpt = fashion::pretrained_checkpoint(train_raw, upstream_steps);
+    const auto ckpt = fashion::pretrained_checkpoint(train_raw, upstream_steps, 0, main_rank);
+    if (group && main_rank) group->barrier(prep);
     const auto task = fashion::make_task(task_name, train_raw, test_raw);
     fmt::print("task: {}; {} train / {} validation / {} test images\n", task.description, task.train.x.size(0),
                task.val.x.size(0), task.test.x.size(0));
@@ -61,6 +85,10 @@ int main(int argc, char** argv) {
       m.setup(*vit);
       fashion::RunOptions o;
       o.steps = steps, o.lr = rate, o.seed = seed, o.device = dev, o.log = log.is_open() ? &log : nullptr;
+      if (group) {
+        o.rank = group->rank(), o.world = group->world_size();
+        o.parallel = [&](torch::nn::Module& model) { return std::make_shared<peft::dist::DataParallel>(model, group); };
+      }
       rows.push_back({m.label, fashion::run(*vit, task, m.name, o)});
       return vit;
     };
@@ -74,6 +102,7 @@ int main(int argc, char** argv) {
                  100.0 * static_cast<double>(r.trainable) / static_cast<double>(r.total), r.train_seconds,
                  static_cast<double>(r.peak_rss_growth) / 1e6);
 
+    if (!main_rank) return 0;  // rank 0 alone saves the adapter
     if (fashion::method(method).adapter) {
       // Reload into a fresh copy of the pretrained model: the outputs must be the same.
       auto [trained, reloaded] = fashion::save_and_reload(*tuned, ckpt, task.num_classes, out, task.test.x.slice(0, 0, 64), dev);

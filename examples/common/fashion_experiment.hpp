@@ -274,6 +274,11 @@ struct RunOptions {
   bool test = true;  // evaluate on the test split at the end
   torch::Device device = torch::kCPU;
   peft::train::JsonlLog* log = nullptr;
+  /// Data parallelism (fashion_mnist --distributed): this rank of `world` trains on its equal share
+  /// of every batch of `batch` rows; `parallel` wraps the model (peft::dist::DataParallel) for the
+  /// run and the returned object keeps it alive. Only rank 0 shows progress and writes the log.
+  int rank = 0, world = 1;
+  std::function<std::shared_ptr<void>(torch::nn::Module&)> parallel;
 };
 
 struct RunResult {
@@ -301,6 +306,10 @@ inline RunResult run(M::ViTForImageClassificationImpl& model, const Task& task, 
   peft::train::WarmupCosine sched(o.steps, o.steps / 10, o.lr);
   peft::train::Progress bar(o.steps, method_name + "/" + task.name, 100);
   auto gen = torch::make_generator<torch::CPUGeneratorImpl>(static_cast<uint64_t>(o.seed) + 17);
+  const auto keep_parallel = o.parallel ? o.parallel(model) : nullptr;
+  if (o.batch % o.world != 0) throw std::runtime_error("batch " + std::to_string(o.batch) + " does not divide among " + std::to_string(o.world) + " ranks");
+  const int64_t rows = o.batch / o.world, first_row = o.rank * rows;
+  const bool main_rank = o.rank == 0;
   peft::train::reset_peak_rss();
   const auto rss0 = peft::train::rss().current;
   std::vector<double> losses;
@@ -308,14 +317,14 @@ inline RunResult run(M::ViTForImageClassificationImpl& model, const Task& task, 
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t s = 0; s < o.steps; ++s) {
     sched.apply(opt, s, base_lr);
-    auto idx = torch::randint(0, x.size(0), {o.batch}, gen, torch::kLong).to(o.device);
+    auto idx = torch::randint(0, x.size(0), {o.batch}, gen, torch::kLong).narrow(0, first_row, rows).to(o.device);
     auto loss = torch::nn::functional::cross_entropy(model.forward(x.index_select(0, idx)), y.index_select(0, idx));
     opt.zero_grad();
     loss.backward();
     opt.step();
     losses.push_back(loss.item<double>());
-    if (o.progress) bar.update(s + 1, losses.back());
-    if (o.log)
+    if (o.progress && main_rank) bar.update(s + 1, losses.back());
+    if (o.log && main_rank)
       o.log->write({{"event", "step"}, {"method", method_name}, {"task", task.name}, {"seed", o.seed}, {"lr", sched.lr(s)},
                     {"step", s + 1}, {"loss", losses.back()}});
   }

@@ -173,6 +173,7 @@ class Group {
 #endif
       auto tcp = c10::make_intrusive<::c10d::TCPStore>(env.master_addr, so);
       auto store = c10::make_intrusive<::c10d::PrefixStore>("peft/" + std::to_string(env.restart_count), tcp);
+      g->store_ = store;
       if (backend == "gloo") {
         auto go = ::c10d::ProcessGroupGloo::Options::create(o.timeout);
         std::string iface = o.interface;
@@ -278,6 +279,19 @@ class Group {
     wait(w, "barrier");
   }
 
+  /// A barrier through the rendezvous store with its own timeout, for waits longer than a collective
+  /// may take: e.g. the other ranks waiting while rank 0 downloads or prepares files.
+  void barrier(std::chrono::milliseconds timeout) {
+    if (!store_) return;
+    const std::string key = "barrier/" + std::to_string(barriers_++);
+    try {
+      if (store_->add(key, 1) == env_.world_size) store_->set(key + "/done", std::vector<uint8_t>{1});
+      store_->wait({key + "/done"}, timeout);
+    } catch (const std::exception& e) {
+      throw failure("barrier (" + std::to_string(timeout.count()) + " ms)", e);
+    }
+  }
+
   /// Bytes handed to all-reduce / broadcast so far by this rank (payload, as DDP counts it).
   int64_t bytes_all_reduced() const { return bytes_all_reduced_; }
   int64_t bytes_broadcast() const { return bytes_broadcast_; }
@@ -304,6 +318,8 @@ class Group {
   GroupOptions options_;
   std::string name_ = "none";
   c10::intrusive_ptr<detail::Backend> backend_;
+  c10::intrusive_ptr<::c10d::Store> store_;
+  int64_t barriers_ = 0;
   int64_t bytes_all_reduced_ = 0, bytes_broadcast_ = 0;
 };
 
