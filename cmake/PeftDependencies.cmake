@@ -22,3 +22,23 @@ if(NOT CMAKE_CURRENT_SOURCE_DIR STREQUAL CMAKE_SOURCE_DIR)
     endif()
   endforeach()
 endif()
+
+# Data parallelism (<peft/train/distributed.hpp>) needs Gloo's headers (Debian: libgloo-dev); the Gloo
+# and NCCL libraries live inside LibTorch. peft_enable_distributed(<target>) adds the headers and
+# defines PEFT_HAS_DISTRIBUTED, and in a CUDA build of LibTorch with NCCL's header also PEFT_WITH_NCCL;
+# without Gloo's headers it does nothing.
+find_path(PEFT_GLOO_INCLUDE_DIR gloo/context.h)
+function(peft_enable_distributed target)
+  if(NOT PEFT_GLOO_INCLUDE_DIR)
+    return()
+  endif()
+  target_include_directories(${target} PRIVATE ${PEFT_GLOO_INCLUDE_DIR})
+  target_compile_definitions(${target} PRIVATE PEFT_HAS_DISTRIBUTED)
+  if(TARGET torch_cuda)
+    find_path(PEFT_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+    if(PEFT_NCCL_INCLUDE_DIR)
+      target_compile_definitions(${target} PRIVATE PEFT_WITH_NCCL)
+      target_include_directories(${target} PRIVATE ${PEFT_NCCL_INCLUDE_DIR})
+    endif()
+  endif()
+endfunction()

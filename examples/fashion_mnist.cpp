@@ -10,7 +10,9 @@
 
 #include "common/fashion_experiment.hpp"
 
+#ifdef PEFT_HAS_DISTRIBUTED  // CMake's peft_enable_distributed: Gloo's headers were found
 #include <peft/train/distributed.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 #include "common/cli_checks.hpp"
@@ -47,8 +49,9 @@ int main(int argc, char** argv) {
   try {
     torch::set_num_threads(static_cast<int>(threads));
     if (device == "cuda" && !torch::cuda::is_available()) throw std::runtime_error("--device cuda: no CUDA device available");
-    std::shared_ptr<peft::dist::Group> group;
     torch::Device dev = device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+#ifdef PEFT_HAS_DISTRIBUTED
+    std::shared_ptr<peft::dist::Group> group;
     if (distributed) {
       const auto env = peft::dist::Environment::from_env();
       if (dev.is_cuda()) dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % torch::cuda::device_count()));
@@ -58,6 +61,15 @@ int main(int argc, char** argv) {
       if (group->is_main())
         fmt::print("data-parallel: {} ranks ({}), this is rank {}\n", group->world_size(), group->backend(), group->rank());
     }
+#else
+    if (distributed) throw std::runtime_error("--distributed: built without Gloo's headers (apt-get install libgloo-dev, then rebuild)");
+    struct NoGroup {
+      int rank() const { return 0; }
+      bool is_main() const { return true; }
+      void barrier(std::chrono::milliseconds) {}
+    };
+    std::shared_ptr<NoGroup> group;
+#endif
     const bool main_rank = !group || group->is_main();
     if (!main_rank && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank " + std::to_string(group->rank()));  // rank 0 alone prints
     if (lr == 0) lr = method == "linear" ? 1e-1 : 1e-2;  // what the accuracy benchmark's validation chose
@@ -85,10 +97,12 @@ int main(int argc, char** argv) {
       m.setup(*vit);
       fashion::RunOptions o;
       o.steps = steps, o.lr = rate, o.seed = seed, o.device = dev, o.log = log.is_open() ? &log : nullptr;
+#ifdef PEFT_HAS_DISTRIBUTED
       if (group) {
         o.rank = group->rank(), o.world = group->world_size();
         o.parallel = [&](torch::nn::Module& model) { return std::make_shared<peft::dist::DataParallel>(model, group); };
       }
+#endif
       rows.push_back({m.label, fashion::run(*vit, task, m.name, o)});
       return vit;
     };

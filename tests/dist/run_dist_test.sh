@@ -8,6 +8,8 @@
 # frozen_mismatch  one rank's frozen weights differ: both refuse, naming the problem
 # peer_dies        rank 1 exits mid-training: rank 0 fails with DistributedError within seconds, no adapter file
 # peer_hangs       rank 1 hangs: rank 0 fails with DistributedError after its 3 s timeout, no adapter file
+# bad_environment  a malformed or incomplete torchrun environment, and a rank whose peer never comes:
+#                  DistributedError naming the variable / the rendezvous, within the timeout
 # torchrun         torchrun --no-python launches the worker (skipped without the pinned .venv)
 set -uo pipefail
 worker=$1 src=$2 work=$3 scenario=$4 port=$5
@@ -70,6 +72,25 @@ case "$scenario" in
     ((elapsed < 60000)) || fail "rank 0 took ${elapsed} ms to notice"
     [ ! -e "$dir/out" ] || fail "rank 0 left an output behind: $(ls -R "$dir/out")"
     echo "rank 0 failed after ${elapsed} ms (including start-up):"; grep -h "DistributedError" "$dir/run.rank0"
+    ;;
+  bad_environment)
+    expect() {  # expect LOG PATTERN: the worker exited 2 (DistributedError) with PATTERN in its log
+      grep -q "$2" "$1" || { cat "$1"; fail "expected '$2'"; }
+      grep -h "DistributedError" "$1"
+    }
+    WORLD_SIZE=2 "$worker" train --out "$dir/o1" >"$dir/1.log" 2>&1; [ $? = 2 ] || fail "RANK unset: exit code"
+    expect "$dir/1.log" "WORLD_SIZE=2 but RANK is not set"
+    RANK=2 WORLD_SIZE=2 "$worker" train --out "$dir/o2" >"$dir/2.log" 2>&1; [ $? = 2 ] || fail "RANK out of range: exit code"
+    expect "$dir/2.log" "RANK='2': expected an integer in \\[0, 1\\]"
+    RANK=0 WORLD_SIZE=2 MASTER_PORT=http "$worker" train --out "$dir/o3" >"$dir/3.log" 2>&1; [ $? = 2 ] || fail "bad port: exit code"
+    expect "$dir/3.log" "MASTER_PORT='http'"
+    t0=$(date +%s%N)
+    RANK=0 WORLD_SIZE=2 MASTER_PORT=$port "$worker" train --timeout-ms 2000 --out "$dir/o4" >"$dir/4.log" 2>&1; rc=$?
+    elapsed=$((($(date +%s%N) - t0) / 1000000))
+    [ $rc = 2 ] || { cat "$dir/4.log"; fail "a missing peer: exit code $rc"; }
+    expect "$dir/4.log" "rank 0 of 2: rendezvous at 127.0.0.1:$port (gloo) failed within 2000 ms"
+    ((elapsed < 30000)) || fail "a missing peer took ${elapsed} ms"
+    for o in o1 o2 o3 o4; do [ ! -e "$dir/$o" ] || fail "$o was written"; done
     ;;
   torchrun)
     tr=$src/.venv/bin/torchrun
