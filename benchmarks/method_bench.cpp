@@ -111,6 +111,8 @@ int main(int argc, char** argv) {
   app.add_option("--dropout", dropout, "BERT's hidden and attention dropout instead of the config's 0.1")
       ->check(CLI::Range(0.0, 0.99));
   bool checkpointing = false;
+  bool no_inference = false;
+  app.add_flag("--no-inference", no_inference, "training rows only (leave out the base / LoRA unmerged / merged forward timings)");
   app.add_flag("--checkpointing", checkpointing, "activation checkpointing of every transformer block (training rows)");
   std::string base_dtype = "same";
   app.add_option("--base-dtype", base_dtype,
@@ -206,29 +208,32 @@ int main(int argc, char** argv) {
     }
 
     // Inference: base, LoRA (q, v) unmerged, merged.
-    torch::manual_seed(0);
-    auto built = build(sh);
-    auto& model = built.module;
-    for (auto& p : model->parameters()) p.set_requires_grad(false);
-    model->to(dev, st);
-    model->eval();
-    torch::NoGradGuard g;
-    auto infer = [&] { built.forward(ids); };
-    const double base_ms = bench::median_ms(infer, warmup, reps, cuda);
-    auto profile_infer = [&](const char* what) {
-      if (!profile.empty()) bench::profile_to(profile + "/cpp_" + config + "_infer_" + what + ".json", infer, 3, cuda);
-    };
-    profile_infer("base");
-    peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules(sh.llama ? std::vector<std::string>{"q_proj", "v_proj"}
-                                                                                 : std::vector<std::string>{"query", "value"})
-                           .init_lora_weights(false));
-    const double unmerged_ms = bench::median_ms(infer, warmup, reps, cuda);
-    profile_infer("unmerged");
-    peft::merge_adapter(model);
-    const double merged_ms = bench::median_ms(infer, warmup, reps, cuda);
-    profile_infer("merged");
-    fmt::print(stderr, "inference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x)\n", base_ms,
-               unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    double base_ms = 0, unmerged_ms = 0, merged_ms = 0;
+    if (!no_inference) {
+      torch::manual_seed(0);
+      auto built = build(sh);
+      auto& model = built.module;
+      for (auto& p : model->parameters()) p.set_requires_grad(false);
+      model->to(dev, st);
+      model->eval();
+      torch::NoGradGuard g;
+      auto infer = [&] { built.forward(ids); };
+      base_ms = bench::median_ms(infer, warmup, reps, cuda);
+      auto profile_infer = [&](const char* what) {
+        if (!profile.empty()) bench::profile_to(profile + "/cpp_" + config + "_infer_" + what + ".json", infer, 3, cuda);
+      };
+      profile_infer("base");
+      peft::attach(model, peft::LoraConfig().r(8).lora_alpha(16).target_modules(sh.llama ? std::vector<std::string>{"q_proj", "v_proj"}
+                                                                                   : std::vector<std::string>{"query", "value"})
+                             .init_lora_weights(false));
+      unmerged_ms = bench::median_ms(infer, warmup, reps, cuda);
+      profile_infer("unmerged");
+      peft::merge_adapter(model);
+      merged_ms = bench::median_ms(infer, warmup, reps, cuda);
+      profile_infer("merged");
+      fmt::print(stderr, "inference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x)\n", base_ms,
+                 unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    }
 
     // Report.
     const std::string date = bench::utc_date(), cpu = bench::cpu_model();
@@ -270,10 +275,12 @@ int main(int argc, char** argv) {
                      r.step_ms, full_ms > 0 ? r.step_ms / full_ms : 0.0, r.peak_mb, full_mb > 0 ? r.peak_mb / full_mb : 0.0,
                      r.floor.total() / 1e6, r.peak_mb / (r.floor.total() / 1e6), static_cast<double>(r.optimizer_bytes) / 1e6);
     }
-    j["inference"] = {{"base_ms", base_ms}, {"lora_unmerged_ms", unmerged_ms}, {"lora_merged_ms", merged_ms},
-                      {"unmerged_ratio", unmerged_ms / base_ms}, {"merged_ratio", merged_ms / base_ms}};
-    fmt::format_to(out_md, "\nInference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x).\n",
-                   base_ms, unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    if (!no_inference) {
+      j["inference"] = {{"base_ms", base_ms}, {"lora_unmerged_ms", unmerged_ms}, {"lora_merged_ms", merged_ms},
+                        {"unmerged_ratio", unmerged_ms / base_ms}, {"merged_ratio", merged_ms / base_ms}};
+      fmt::format_to(out_md, "\nInference: base {:.1f} ms, LoRA unmerged {:.1f} ms ({:.3f}x), merged {:.1f} ms ({:.3f}x).\n",
+                     base_ms, unmerged_ms, unmerged_ms / base_ms, merged_ms, merged_ms / base_ms);
+    }
     fmt::format_to(out_md, "{} {} (hidden {} x {} layers, seq {}, batch {}, vocabulary {}), {} {}{}{}; {}{}, {} threads, LibTorch {}, {}.\n",
                    sh.llama ? "LLaMA-shaped decoder" : "BERT-shaped encoder", config, sh.hidden, sh.layers, sh.seq, sh.batch,
                    sh.vocab, device, dtype, base_dtype == "same" ? std::string() : ", frozen base in " + base_dtype,
