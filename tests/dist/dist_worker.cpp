@@ -2,6 +2,7 @@
 //
 //   dist_worker train --method lora|mix|full --steps K --out DIR [--accumulate A] [--bucket-bytes N]
 //                     [--fail-rank R --fail-at S --fail-mode exit|hang] [--perturb-frozen R] [--timeout-ms T]
+//                     [--checkpointing 1]
 //       trains a tiny seeded BERT classifier with SGD on a seeded stream of global batches, this rank
 //       on its rows (one process without RANK/WORLD_SIZE: all rows); writes DIR/rank<r>.safetensors
 //       (the trainable parameters) and DIR/rank<r>.json (bytes counted), rank 0 also DIR/adapter.
@@ -27,10 +28,12 @@ namespace M = peft::models;
 
 namespace {
 
+// The last occurrence wins, so a later flag overrides an earlier one.
 std::string arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  std::string v = fallback;
   for (int i = 2; i + 1 < argc; ++i)
-    if (argv[i] == name) return argv[i + 1];
-  return fallback;
+    if (argv[i] == name) v = argv[i + 1];
+  return v;
 }
 
 int fail(const std::string& m) {
@@ -45,6 +48,7 @@ int train(int argc, char** argv) {
   const int fail_rank = std::stoi(arg(argc, argv, "--fail-rank", "-1")), fail_at = std::stoi(arg(argc, argv, "--fail-at", "-1"));
   const std::string fail_mode = arg(argc, argv, "--fail-mode", "exit");
   const int perturb = std::stoi(arg(argc, argv, "--perturb-frozen", "-1"));
+  const bool checkpointing = arg(argc, argv, "--checkpointing", "0") == "1";
   if (out.empty()) return fail("--out is required");
   torch::set_num_threads(1);
 
@@ -88,6 +92,10 @@ int train(int argc, char** argv) {
         break;
       }
   }
+
+  // Activation checkpointing: the recompute runs inside backward, and the gradients still reach the
+  // hooks through the outer graph.
+  if (checkpointing && peft::enable_gradient_checkpointing(*bert) == 0) return fail("no block to checkpoint");
 
   peft::dist::DataParallelOptions dpo;
   dpo.bucket_bytes = std::stoll(arg(argc, argv, "--bucket-bytes", std::to_string(25LL << 20)));

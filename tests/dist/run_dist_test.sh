@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The data-parallel tests: 2 ranks of tests/dist/dist_worker.cpp over 127.0.0.1 (Gloo).
 #   run_dist_test.sh WORKER SOURCE_DIR WORK_DIR SCENARIO PORT
-# equivalence      lora and a three-method mix (with gradient accumulation, tiny buckets and a tensor no
-#                  backward reaches): after k steps both ranks hold bit-identical parameters, equal (1e-5)
+# equivalence      lora, a three-method mix (with gradient accumulation, tiny buckets and a tensor no
+#                  backward reaches), and lora with activation checkpointing (the recompute inside backward): after k steps both ranks hold bit-identical parameters, equal (1e-5)
 #                  to one process trained on the whole batches; the worker checks the bytes on the wire
 # launcher         the same through scripts/peft-launch
 # frozen_mismatch  one rank's frozen weights differ: both refuse, naming the problem
@@ -31,10 +31,11 @@ show() { for f in "$1".rank*; do echo "--- $f"; cat "$f"; done; }
 
 case "$scenario" in
   equivalence|launcher)
-    for spec in "lora:4:1:$((25 << 20))" "mix:3:2:512"; do
-      IFS=: read -r method steps acc bucket <<<"$spec"
-      args=(train --method "$method" --steps "$steps" --accumulate "$acc" --bucket-bytes "$bucket")
-      env -u RANK -u WORLD_SIZE "$worker" train --method "$method" --steps 0 --out "$dir/$method-init" >/dev/null || fail "$method: initial state"
+    for spec in "lora:4:1:$((25 << 20)):0" "mix:3:2:512:0" "lora:3:1:4096:1"; do
+      IFS=: read -r method steps acc bucket ckpt <<<"$spec"
+      args=(train --method "$method" --steps "$steps" --accumulate "$acc" --bucket-bytes "$bucket" --checkpointing "$ckpt")
+      [ "$ckpt" = 1 ] && method=$method-checkpointing
+      env -u RANK -u WORLD_SIZE "$worker" "${args[@]}" --steps 0 --out "$dir/$method-init" >/dev/null || fail "$method: initial state"
       env -u RANK -u WORLD_SIZE "$worker" "${args[@]}" --out "$dir/$method-single" >"$dir/$method-single.log" 2>&1 \
         || { cat "$dir/$method-single.log"; fail "$method: one process"; }
       if [ "$scenario" = launcher ]; then
