@@ -62,7 +62,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <optional>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <utility>
