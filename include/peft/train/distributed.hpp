@@ -546,13 +546,17 @@ class DataParallel {
                              ": a previous backward did not finish its gradient all-reduce (an error inside it?); the ranks "
                              "are out of step: restart the group");
     }
-    ready_[i] = true;
+    if (stage(i) == 0) launch_ready();
+  }
+
+  // Copies parameter i's gradient (zero when it has none) into its bucket; returns the bucket's pending count.
+  size_t stage(size_t i) {
     torch::NoGradGuard ng;
+    ready_[i] = true;
     const auto& g = params_[i].grad();
     if (g.defined()) view(i).copy_(g);
     else view(i).zero_();
-    auto& b = buckets_[slot_[i].first];
-    if (--b.pending == 0) launch_ready();
+    return --buckets_[slot_[i].first].pending;
   }
 
   // Launches ready buckets strictly in index order: every rank issues the same collectives in the same order.
@@ -569,13 +573,7 @@ class DataParallel {
     torch::NoGradGuard ng;
     try {
       for (size_t i = 0; i < params_.size(); ++i)
-        if (!ready_[i]) {  // not reached by this backward: its current gradient (or zero) takes part
-          ready_[i] = true;
-          const auto& g = params_[i].grad();
-          if (g.defined()) view(i).copy_(g);
-          else view(i).zero_();
-          --buckets_[slot_[i].first].pending;
-        }
+        if (!ready_[i]) stage(i);  // not reached by this backward: its current gradient (or zero) takes part
       launch_ready();
       const auto t0 = std::chrono::steady_clock::now();
       for (size_t k = 0; k < buckets_.size(); ++k)
