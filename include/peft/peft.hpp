@@ -12,6 +12,7 @@
 ///   nn/        building blocks made of slots: attention, feed-forward, transformer block, RMSNorm
 ///   tuners/    one header per method, each registering itself in tuners/registry.hpp
 ///   io/        safetensors, adapter files in PEFT's layout, checkpoint merge
+///   serve/     many adapters at once: mixed batches (each row its own adapter), the adapter pool
 ///   text/      Unicode, tokenizers (WordPiece, byte-level BPE), corpora, tokenised datasets, loaders
 ///   models/    the model zoo (ViT, BERT, LLaMA) and Hugging Face checkpoints
 ///   train/     training helpers
@@ -53,6 +54,8 @@
 #include <peft/io/adapter_io.hpp>
 #include <peft/io/merge_checkpoint.hpp>
 #include <peft/io/safetensors.hpp>
+#include <peft/serve/adapter_pool.hpp>
+#include <peft/serve/mixed_batch.hpp>
 
 #include <peft/text/bpe.hpp>
 #include <peft/text/corpora.hpp>

@@ -9,12 +9,13 @@
 #   nn      building blocks made of slots: attention, FFN, block, RMSNorm, batch context
 #   tuners  one header per method, and the method registry
 #   io      safetensors, adapter files, checkpoint merge
+#   serve   many adapters at once: mixed batches (each row its own adapter), the adapter pool
 #   text    Unicode, tokenizers, labelled text files
 #   models  the model zoo and whole-checkpoint loading
 #   train   training helpers
 #   subspace  adapters as flat vectors, training in subspaces (arXiv 2012.13255, 2210.13311)
 # peft.hpp, the umbrella, may include anything.
-set(layers core slots nn tuners io text models train subspace)
+set(layers core slots nn tuners io serve text models train subspace)
 set(root "${PEFT_SOURCE}/include/peft")
 file(GLOB_RECURSE headers RELATIVE "${root}" "${root}/*.hpp")
 list(SORT headers)

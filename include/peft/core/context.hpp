@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,7 +25,8 @@ namespace keys {
 /// int64 [B, T]: for each position, the index p of the special token there (0 = [CLS], 1 = first
 /// [SEP], ...), or -1 for ordinary tokens.
 inline constexpr const char* special_token_index = "special_token_index";
-/// int64 [B]: index of the adapter each batch row uses.
+/// int64 [B]: index of the adapter each batch row uses, -1 for the base model (published by a
+/// peft::MixedBatch, whose selection rides along as the entry's object).
 inline constexpr const char* adapter_index = "adapter_index";
 /// int64 [B, T]: the token ids the model was given (published by the text models' forward).
 inline constexpr const char* input_ids = "input_ids";
@@ -42,6 +44,8 @@ namespace detail {
 struct BatchEntry {
   std::string key;
   at::Tensor value;
+  /// Optional: an object that goes with the tensor (a mixed batch's adapter selection).
+  std::shared_ptr<void> object;
 };
 inline std::vector<BatchEntry>& batch_stack() {
   thread_local std::vector<BatchEntry> stack;
@@ -55,10 +59,12 @@ class BatchScope {
   BatchScope(std::initializer_list<std::pair<std::string, at::Tensor>> entries) {
     for (const auto& [k, v] : entries) push(k, v);
   }
-  BatchScope(const std::string& key, const at::Tensor& value) { push(key, value); }
+  BatchScope(const std::string& key, const at::Tensor& value, std::shared_ptr<void> object = nullptr) {
+    push(key, value, std::move(object));
+  }
   /// Re-establishes a batch_snapshot() (its entries shadow what this thread has).
   explicit BatchScope(const std::vector<detail::BatchEntry>& snapshot) {
-    for (const auto& e : snapshot) push(e.key, e.value);
+    for (const auto& e : snapshot) push(e.key, e.value, e.object);
   }
   BatchScope(const BatchScope&) = delete;
   BatchScope& operator=(const BatchScope&) = delete;
@@ -68,8 +74,8 @@ class BatchScope {
   }
 
  private:
-  void push(const std::string& k, const at::Tensor& v) {
-    detail::batch_stack().push_back({k, v});
+  void push(const std::string& k, const at::Tensor& v, std::shared_ptr<void> object = nullptr) {
+    detail::batch_stack().push_back({k, v, std::move(object)});
     ++pushed_;
   }
   std::size_t pushed_ = 0;
@@ -87,6 +93,14 @@ inline at::Tensor batch_info(const std::string& key) {
   for (auto it = s.rbegin(); it != s.rend(); ++it)
     if (it->key == key) return it->value;
   return {};
+}
+
+/// The object set with the innermost `key` in this thread, or nullptr.
+inline void* batch_object(const std::string& key) {
+  const auto& s = detail::batch_stack();
+  for (auto it = s.rbegin(); it != s.rend(); ++it)
+    if (it->key == key) return it->object.get();
+  return nullptr;
 }
 
 }  // namespace peft

@@ -8,6 +8,7 @@
 /// dicts and checkpoint keys are unchanged; adapters appear as children named after the adapter.
 
 #include <peft/core/checkpoint.hpp>
+#include <peft/core/context.hpp>
 #include <peft/core/detail/strings.hpp>
 #include <peft/core/error.hpp>
 #include <peft/core/tuner.hpp>
@@ -19,6 +20,7 @@
 #include <torch/utils.h>
 
 #include <algorithm>
+#include <functional>
 #include <type_traits>
 #include <memory>
 #include <ostream>
@@ -108,6 +110,19 @@ inline void check_adapter_name(const std::string& name) {
     throw StateError("invalid adapter name '" + name +
                      "': expected a non-empty name without '.' that is not 'weight' or 'bias'");
 }
+
+/// A per-row adapter selection (peft::MixedBatch, serve/mixed_batch.hpp): while one is open (a
+/// BatchScope entry under keys::adapter_index), every slot of the model it was made for computes each
+/// batch row with that row's own adapter instead of the slot's active adapters.
+class RowAdapterHook {
+ public:
+  virtual ~RowAdapterHook() = default;
+  /// The slot's output on `x` (rows along dimension 0), `op` being the frozen op; undefined when the
+  /// selection does not cover `slot` (a slot of another model).
+  virtual at::Tensor run(TunableSlot& slot, const at::Tensor& x,
+                         const std::function<at::Tensor(const at::Tensor&)>& op) = 0;
+};
+inline RowAdapterHook* row_adapter_hook() { return static_cast<RowAdapterHook*>(batch_object(keys::adapter_index)); }
 
 /// Registers a parameter, keeping the trainability it had before a clone()'s reset().
 inline at::Tensor register_keep_grad(torch::nn::Module& m, const std::string& name, const at::Tensor& previous,
@@ -250,7 +265,10 @@ class SlotBase : public torch::nn::Cloneable<Derived>, public TunableSlot {
   /// and output tuners. `op(h)` computes the plain op; `run(h, w)` the op with rewritten weights.
   template <class Op, class Run>
   at::Tensor frame(const at::Tensor& x, Op&& op, Run&& run) {
-    if (!enabled_ || live_ == 0) return op(x);
+    if (!enabled_ || adapters_.is_empty()) return op(x);
+    if (auto* rows = detail::row_adapter_hook())  // a mixed batch: each row its own adapter
+      if (auto y = rows->run(*this, x, [&](const at::Tensor& h) { return op(h); }); y.defined()) return y;
+    if (live_ == 0) return op(x);
     at::Tensor h = x;
     for (Tuner* t : input_) h = detail::in_own_dtype(*t, h, [&](const at::Tensor& a) { return t->input(a); });
     at::Tensor y;
