@@ -281,3 +281,232 @@ TEST_CASE("the adapter pool loads on demand, keeps at most max_loaded, unloads t
   CHECK(pool.loaded() == std::vector<std::string>{"q"});
   CHECK(peft::adapter_names(*lm) == std::vector<std::string>{"q"});
 }
+
+// ---------------------------------------------------------------------------------------------------
+// add_weighted_adapter
+
+namespace {
+
+struct Pair {
+  torch::Tensor A, B;  // A [r, in] (an embedding's [r, num_embeddings]), B [out, r]
+  double scaling;
+};
+Pair pair_at(torch::nn::Module& model, const std::string& module, const std::string& adapter) {
+  for (const auto& s : peft::tunable_slots(model))
+    if (s.name == module)
+      if (auto* t = s.slot->adapter(adapter)) {
+        if (auto* l = t->as_module().as<peft::LoraLinearImpl>()) return {l->lora_A, l->lora_B, l->spec.scaling};
+        if (auto* e = t->as_module().as<peft::LoraEmbeddingImpl>()) return {e->lora_embedding_A, e->lora_embedding_B, e->spec.scaling};
+      }
+  return {};
+}
+
+/// Three rank-4 adapters (alphas 4, 6, 12; "c" also on o_proj, "a" also on the embedding) and "d" of rank 8.
+M::LlamaForCausalLM weighted_model() {
+  torch::manual_seed(17);
+  M::LlamaForCausalLM lm(tiny_llama());
+  lm->eval();
+  peft::attach(*lm, peft::LoraConfig().r(4).lora_alpha(4).target_modules({"q_proj", "v_proj", "embed_tokens"}), "a");
+  peft::attach(*lm, peft::LoraConfig().r(4).lora_alpha(6).target_modules({"q_proj", "v_proj"}), "b");
+  peft::attach(*lm, peft::LoraConfig().r(4).lora_alpha(12).target_modules({"q_proj", "v_proj", "o_proj"}), "c");
+  peft::attach(*lm, peft::LoraConfig().r(8).lora_alpha(8).target_modules({"q_proj", "v_proj"}), "d");
+  for (const char* n : {"a", "b", "c", "d"}) randomize(*lm, n, 0.5);
+  return lm;
+}
+
+/// TIES by its definition, entry by entry: each tensor keeps its k = floor(density·n) largest magnitudes;
+/// per entry the elected sign is that of the sum of the kept values ("total") or of their signs'
+/// count ("frequency"), ties to +; the result is the mean of the weighted kept values with that sign.
+torch::Tensor ties_by_definition(const std::vector<torch::Tensor>& ts, const std::vector<double>& w, double density,
+                                 bool frequency) {
+  const int64_t n = ts.front().numel(), k = static_cast<int64_t>(density * static_cast<double>(n));
+  std::vector<std::vector<double>> kept;
+  for (const auto& t : ts) {
+    auto v = t.to(torch::kDouble).reshape({-1});
+    std::vector<double> vals(v.data_ptr<double>(), v.data_ptr<double>() + n), mags;
+    for (auto x : vals) mags.push_back(std::fabs(x));
+    std::sort(mags.begin(), mags.end(), std::greater<>());
+    const double threshold = k > 0 ? mags[static_cast<std::size_t>(k - 1)] : INFINITY;
+    for (auto& x : vals) if (!(std::fabs(x) >= threshold)) x = 0;
+    kept.push_back(vals);
+  }
+  std::vector<double> out(static_cast<std::size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    double elect = 0;
+    for (const auto& v : kept) elect += frequency ? (v[j] > 0) - (v[j] < 0) : v[j];
+    const double sign = elect >= 0 ? 1 : -1;
+    double sum = 0;
+    int count = 0;
+    for (std::size_t i = 0; i < kept.size(); ++i)
+      if ((kept[i][j] > 0 ? 1 : kept[i][j] < 0 ? -1 : 0) == sign) sum += w[i] * kept[i][j], ++count;
+    out[static_cast<std::size_t>(j)] = sum / std::max(count, 1);
+  }
+  return torch::tensor(out, torch::kDouble).view(ts.front().sizes());
+}
+
+}  // namespace
+
+TEST_CASE("add_weighted_adapter: each combination type against its definition", "[serve][weighted]") {
+  auto lm = weighted_model();
+  const std::vector<std::string> modules = {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"};
+  const std::vector<double> w = {0.7, -0.4, 1.3};
+  auto sources = [&](const std::string& m, std::vector<std::string> names = {"a", "b", "c"}) {
+    std::vector<Pair> ps;
+    for (const auto& n : names) ps.push_back(pair_at(*lm, m, n));
+    return ps;
+  };
+  auto roots = [&](const std::vector<Pair>& ps, bool signed_) {
+    std::vector<double> r;
+    for (std::size_t i = 0; i < ps.size(); ++i) {
+      const double ws = w[i] * ps[i].scaling;
+      r.push_back(std::sqrt(std::fabs(ws)) * (signed_ && ws < 0 ? -1 : 1));
+    }
+    return r;
+  };
+  SECTION("linear") {
+    peft::add_weighted_adapter(*lm, {"a", "b", "c"}, w, "lin", peft::WeightedAdapterOptions().combination_type("linear"));
+    for (const auto& m : modules) {
+      auto ps = sources(m);
+      auto rA = roots(ps, true), rB = roots(ps, false);
+      auto got = pair_at(*lm, m, "lin");
+      CHECK(got.scaling == 1.0);
+      CHECK_THAT(got.A, AllClose(ps[0].A * rA[0] + ps[1].A * rA[1] + ps[2].A * rA[2]));
+      CHECK_THAT(got.B, AllClose(ps[0].B * rB[0] + ps[1].B * rB[1] + ps[2].B * rB[2]));
+    }
+    // o_proj: only "c" adapts it; the embedding: only "a"
+    auto o = pair_at(*lm, "model.layers.0.self_attn.o_proj", "lin"), c = pair_at(*lm, "model.layers.0.self_attn.o_proj", "c");
+    CHECK_THAT(torch::mm(o.B, o.A), AllClose(torch::mm(c.B, c.A) * (w[2] * c.scaling)));
+    auto e = pair_at(*lm, "model.embed_tokens", "lin"), a = pair_at(*lm, "model.embed_tokens", "a");
+    CHECK_THAT(torch::mm(e.B, e.A), AllClose(torch::mm(a.B, a.A) * (w[0] * a.scaling)));
+  }
+  SECTION("cat: exact, ranks may differ") {
+    peft::add_weighted_adapter(*lm, {"a", "d", "c"}, w, "cat", peft::WeightedAdapterOptions().combination_type("cat"));
+    CHECK(std::dynamic_pointer_cast<const peft::LoraConfig>(peft::adapter_config(*lm, "cat"))->r() == 16);
+    for (const auto& m : modules) {
+      auto ps = sources(m, {"a", "d", "c"});
+      auto got = pair_at(*lm, m, "cat");
+      auto expected = torch::mm(ps[0].B, ps[0].A) * (w[0] * ps[0].scaling) + torch::mm(ps[1].B, ps[1].A) * (w[1] * ps[1].scaling) +
+                      torch::mm(ps[2].B, ps[2].A) * (w[2] * ps[2].scaling);
+      CHECK_THAT(torch::mm(got.B, got.A) * got.scaling, AllClose(expected));
+    }
+  }
+  SECTION("svd: exact at full rank, Eckart-Young below it, clamped factors") {
+    peft::add_weighted_adapter(*lm, {"a", "d", "c"}, w, "full", peft::WeightedAdapterOptions().svd_rank(16));
+    peft::add_weighted_adapter(*lm, {"a", "d", "c"}, w, "low", peft::WeightedAdapterOptions().svd_rank(3));
+    peft::add_weighted_adapter(*lm, {"a", "d", "c"}, w, "clamped", peft::WeightedAdapterOptions().svd_rank(3).svd_clamp(0.9));
+    for (const auto& m : modules) {
+      auto ps = sources(m, {"a", "d", "c"});
+      auto delta = torch::mm(ps[0].B, ps[0].A) * (w[0] * ps[0].scaling) + torch::mm(ps[1].B, ps[1].A) * (w[1] * ps[1].scaling) +
+                   torch::mm(ps[2].B, ps[2].A) * (w[2] * ps[2].scaling);
+      auto full = pair_at(*lm, m, "full");
+      CHECK_THAT(torch::mm(full.B, full.A), AllClose(delta, 1e-4, 1e-4));
+      auto low = pair_at(*lm, m, "low");
+      CHECK(low.A.size(0) == 3);
+      auto sv = torch::linalg_svdvals(delta.to(torch::kDouble));
+      const double tail = sv.slice(0, 3).pow(2).sum().item<double>();
+      const double err = (delta - torch::mm(low.B, low.A)).to(torch::kDouble).pow(2).sum().item<double>();
+      CHECK(err == Approx(tail).epsilon(1e-3));
+      auto cl = pair_at(*lm, m, "clamped");
+      const double hi = torch::quantile(torch::cat({low.B.flatten(), low.A.flatten()}), 0.9).item<double>();
+      CHECK_THAT(cl.B, AllClose(low.B.clamp(-hi, hi)));
+      CHECK_THAT(cl.A, AllClose(low.A.clamp(-hi, hi)));
+    }
+  }
+  SECTION("ties and magnitude_prune, both sign methods") {
+    for (bool frequency : {false, true}) {
+      const std::string n = frequency ? "ties_f" : "ties_t";
+      peft::add_weighted_adapter(*lm, {"a", "b", "c"}, w, n,
+                                 peft::WeightedAdapterOptions().combination_type("ties").density(0.4)
+                                     .majority_sign_method(frequency ? "frequency" : "total"));
+      for (const auto& m : modules) {
+        auto ps = sources(m);
+        auto got = pair_at(*lm, m, n);
+        CHECK_THAT(got.A, AllClose(ties_by_definition({ps[0].A, ps[1].A, ps[2].A}, roots(ps, true), 0.4, frequency).to(torch::kFloat)));
+        CHECK_THAT(got.B, AllClose(ties_by_definition({ps[0].B, ps[1].B, ps[2].B}, roots(ps, false), 0.4, frequency).to(torch::kFloat)));
+      }
+    }
+    peft::add_weighted_adapter(*lm, {"a", "b", "c"}, w, "mag", peft::WeightedAdapterOptions().combination_type("magnitude_prune").density(0.3));
+    for (const auto& m : modules) {
+      auto ps = sources(m);
+      auto rA = roots(ps, true);
+      auto expected = torch::zeros_like(ps[0].A);
+      for (std::size_t i = 0; i < 3; ++i) {
+        const auto k = static_cast<int64_t>(0.3 * static_cast<double>(ps[i].A.numel()));
+        auto mags = std::get<0>(ps[i].A.abs().flatten().sort(0, true));
+        const double threshold = mags[k - 1].item<double>();
+        expected += torch::where(ps[i].A.abs() >= threshold, ps[i].A, torch::zeros_like(ps[i].A)) * rA[i];
+      }
+      CHECK_THAT(pair_at(*lm, m, "mag").A, AllClose(expected));
+    }
+  }
+  SECTION("dare_linear and dare_ties: each entry kept with probability density and rescaled") {
+    const double d = 0.5;
+    peft::add_weighted_adapter(*lm, {"a", "b"}, {0.7, -0.4}, "dare", peft::WeightedAdapterOptions().combination_type("dare_linear").density(d));
+    int64_t kept = 0, total = 0;
+    for (const auto& s : peft::tunable_slots(*lm)) {
+      auto got = pair_at(*lm, s.name, "dare");
+      if (!got.A.defined() || s.name == "model.embed_tokens") continue;
+      auto ps = sources(s.name, {"a", "b"});
+      auto r = roots(ps, true);
+      // every entry is one of: nothing kept, only a's, only b's, both (each rescaled by 1/d)
+      auto x = ps[0].A * r[0] / d, y = ps[1].A * r[1] / d;
+      auto near = [&](const torch::Tensor& v) { return (got.A - v).abs() <= 1e-5 + 1e-5 * v.abs(); };
+      CHECK((near(torch::zeros_like(x)) | near(x) | near(y) | near(x + y)).all().item<bool>());
+      kept += (near(x) | near(x + y)).sum().item<int64_t>();
+      total += x.numel();
+    }
+    // a's entries kept: Binomial(total, 0.5) within 5 standard deviations
+    CHECK(std::fabs(static_cast<double>(kept) - d * static_cast<double>(total)) < 5 * std::sqrt(d * (1 - d) * static_cast<double>(total)));
+    // with density 1 nothing is pruned: dare_ties is ties, dare_linear is linear
+    peft::add_weighted_adapter(*lm, {"a", "b", "c"}, w, "dt1", peft::WeightedAdapterOptions().combination_type("dare_ties").density(1.0));
+    peft::add_weighted_adapter(*lm, {"a", "b", "c"}, w, "t1", peft::WeightedAdapterOptions().combination_type("ties").density(1.0));
+    for (const auto& m : modules) CHECK(torch::equal(pair_at(*lm, m, "dt1").B, pair_at(*lm, m, "t1").B));
+  }
+}
+
+TEST_CASE("add_weighted_adapter: the result is an ordinary adapter (saved, loaded, merged); bad requests are refused",
+          "[serve][weighted]") {
+  auto lm = weighted_model();
+  torch::NoGradGuard g;
+  peft::add_weighted_adapter(*lm, {"a", "b"}, {1.0, 0.5}, "mix", peft::WeightedAdapterOptions().combination_type("cat"));
+  auto ids = torch::randint(3, 64, {2, 6}, torch::kLong);
+  peft::set_adapter(*lm, "mix");
+  const auto out = lm->forward(ids);
+  {  // the same as a and b active together with their weights folded in: B A (1.0·s_a) + B A (0.5·s_b)
+    peft::set_adapter(*lm, std::vector<std::string>{"a", "b"});
+    for (const auto& s : peft::tunable_slots(*lm))
+      if (auto* t = s.slot->adapter("b")) t->as_module().as<peft::LoraLinearImpl>()->lora_B.mul_(0.5);
+    CHECK_THAT(lm->forward(ids), AllClose(out, 1e-5, 1e-5));
+    for (const auto& s : peft::tunable_slots(*lm))
+      if (auto* t = s.slot->adapter("b")) t->as_module().as<peft::LoraLinearImpl>()->lora_B.mul_(2.0);
+  }
+  peft_test::TempDir dir;
+  peft::save_adapter(*lm, dir.path(), {"mix"});
+  torch::manual_seed(17);
+  M::LlamaForCausalLM fresh(tiny_llama());
+  fresh->eval();
+  {
+    torch::NoGradGuard ng;
+    auto src = lm->named_parameters(true);
+    for (auto& p : fresh->named_parameters(true))
+      if (src.contains(p.key())) p.value().copy_(src[p.key()]);
+  }
+  peft::load_adapter(*fresh, dir.path() / "mix", "mix");
+  CHECK_THAT(fresh->forward(ids), AllClose(out, 1e-5, 1e-5));
+  peft::merge_and_unload(*fresh);
+  CHECK_THAT(fresh->forward(ids), AllClose(out, 1e-4, 1e-4));
+
+  using O = peft::WeightedAdapterOptions;
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "d"}, {1, 1}, "x", O().combination_type("linear")),
+                    Catch::Contains("one rank"));
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "b"}, {1, 1}, "x", O().combination_type("ties")),
+                    Catch::Contains("needs a density"));
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "b"}, {1, 1}, "x", O().combination_type("average")),
+                    Catch::Contains("unknown combination_type 'average'"));
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "b"}, {1}, "x"), Catch::Contains("one weight per adapter"));
+  CHECK_THROWS_AS(peft::add_weighted_adapter(*lm, {"a", "b"}, {1, 1}, "mix"), peft::StateError);
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "zz"}, {1, 1}, "x"), Catch::Contains("no adapter named 'zz'"));
+  peft::attach(*lm, peft::LoraConfig().r(4).use_dora(true).target_modules({"q_proj"}), "dora");
+  CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "dora"}, {1, 1}, "x"), Catch::Contains("DoRA"));
+  CHECK(peft::adapter_config(*lm, "x") == nullptr);  // nothing was added by a refused call
+}

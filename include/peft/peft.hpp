@@ -45,6 +45,7 @@
 #include <peft/tuners/capaboost.hpp>
 #include <peft/tuners/ia3.hpp>
 #include <peft/tuners/lora.hpp>
+#include <peft/tuners/lora_weighted.hpp>
 #include <peft/tuners/pasta.hpp>
 #include <peft/tuners/prefix.hpp>
 #include <peft/tuners/prompt.hpp>
