@@ -397,3 +397,91 @@ TEST_CASE("write adapters trained here for real PEFT to check", "[.reverse]") {
   }
   std::ofstream(out / "manifest.json") << manifest.dump(2) << "\n";
 }
+
+// ---------------------------------------------------------------------------------------------------
+// add_weighted_adapter against PEFT's (hf_weighted.sh): we write four LoRA adapters on the LLaMA
+// fixture, PEFT combines them (tests/hf_weighted.py), and we combine the same adapters the same ways.
+
+namespace {
+
+/// The four source adapters: rank 4 with alphas 4, 6, 12 ("c" also on o_proj, "a" also on the embedding),
+/// and "d" of rank 8; random values.
+void attach_weighted_sources(torch::nn::Module& model) {
+  using peft::LoraConfig;
+  peft::attach(model, LoraConfig().r(4).lora_alpha(4).target_modules({"q_proj", "v_proj", "embed_tokens"}).task_type("CAUSAL_LM"), "a");
+  peft::attach(model, LoraConfig().r(4).lora_alpha(6).target_modules({"q_proj", "v_proj"}).task_type("CAUSAL_LM"), "b");
+  peft::attach(model, LoraConfig().r(4).lora_alpha(12).target_modules({"q_proj", "v_proj", "o_proj"}).task_type("CAUSAL_LM"), "c");
+  peft::attach(model, LoraConfig().r(8).lora_alpha(8).target_modules({"q_proj", "v_proj"}).task_type("CAUSAL_LM"), "d");
+  torch::NoGradGuard g;
+  torch::manual_seed(23);
+  for (const auto& s : peft::tunable_slots(model))
+    for (const char* n : {"a", "b", "c", "d"})
+      if (auto* t = s.slot->adapter(n))
+        for (auto& p : t->as_module().parameters(true)) p.copy_(0.5 * torch::randn_like(p));
+}
+
+}  // namespace
+
+TEST_CASE("write LoRA adapters for PEFT's add_weighted_adapter", "[.weighted_write]") {
+  const char* out_env = std::getenv("PEFT_WEIGHTED_DIR");
+  REQUIRE(out_env != nullptr);
+  auto m = load_model("llama");
+  attach_weighted_sources(*m.module);
+  peft::save_adapter(*m.module, fs::path(out_env), {"a", "b", "c", "d"});
+}
+
+TEST_CASE("add_weighted_adapter gives PEFT's adapters", "[.weighted_check]") {
+  const char* out_env = std::getenv("PEFT_WEIGHTED_DIR");
+  REQUIRE(out_env != nullptr);
+  const fs::path dir(out_env);
+  const auto cases = read_json(dir / "cases.json");
+  auto m = load_model("llama");
+  for (const char* n : {"a", "b", "c", "d"}) peft::load_adapter(*m.module, dir / n, n);
+  std::cout << "| case | type | tensors | max |A - A_peft| | max |B - B_peft| | max |BA - (BA)_peft| |\n|---|---|---|---|---|---|\n";
+  for (const auto& c : cases) {
+    const auto name = c.at("name").get<std::string>();
+    const auto type = c.at("combination_type").get<std::string>();
+    INFO("case " << name << " (" << type << ")");
+    peft::WeightedAdapterOptions o;
+    o.combination_type(type);
+    if (c.contains("svd_rank")) o.svd_rank(c.at("svd_rank").get<int64_t>());
+    if (c.contains("density")) o.density(c.at("density").get<double>());
+    if (c.contains("majority_sign_method")) o.majority_sign_method(c.at("majority_sign_method").get<std::string>());
+    peft::add_weighted_adapter(*m.module, c.at("adapters").get<std::vector<std::string>>(),
+                               c.at("weights").get<std::vector<double>>(), name, o);
+    // The config: rank, alpha, targets as PEFT's.
+    auto ours = std::dynamic_pointer_cast<const peft::LoraConfig>(peft::adapter_config(*m.module, name));
+    const auto theirs = read_json(dir / ("peft_" + name + ".json"));
+    CHECK(ours->r() == theirs.at("r").get<int64_t>());
+    CHECK(ours->lora_alpha() == theirs.at("lora_alpha").get<double>());
+    auto targets = theirs.at("target_modules").get<std::vector<std::string>>();
+    auto mine = ours->target_modules().list();
+    CHECK(std::set<std::string>(mine.begin(), mine.end()) == std::set<std::string>(targets.begin(), targets.end()));
+    // The tensors, key for key.
+    const auto state = peft::get_adapter_state_dict(*m.module, name);
+    IO peft_state = read_io(dir / ("peft_" + name + ".safetensors"));
+    CHECK(state.size() == peft_state.size());
+    const bool svd = type.find("svd") != std::string::npos;
+    double worst_a = 0, worst_b = 0, worst_ba = 0;
+    for (const auto& item : state) {
+      const auto& key = item.key();
+      REQUIRE(peft_state.count(key));
+      const bool is_a = key.find("lora_A") != std::string::npos || key.find("lora_embedding_A") != std::string::npos;
+      if (!svd) {
+        // the factors themselves (they are defined without any choice of sign)
+        CHECK_THAT(item.value(), AllClose(peft_state.at(key), 1e-5, 1e-5));
+        (is_a ? worst_a : worst_b) = std::max(is_a ? worst_a : worst_b, max_diff(item.value(), peft_state.at(key)));
+      }
+      if (!is_a) continue;
+      // B A: an SVD's factors are defined up to the signs of singular vector pairs, their product is not
+      auto bkey = key;
+      bkey.replace(bkey.find("_A"), 2, "_B");
+      auto ba = torch::mm(state[bkey], item.value()), ba_peft = torch::mm(peft_state.at(bkey), peft_state.at(key));
+      CHECK_THAT(ba, AllClose(ba_peft, 1e-4, 1e-4));
+      worst_ba = std::max(worst_ba, max_diff(ba, ba_peft));
+    }
+    auto cell = [&](double v) { return svd && v == 0 ? std::string("(sign-free only)") : fmt::format("{:.1e}", v); };
+    std::cout << "| " << name << " | " << type << " | " << state.size() << " | " << cell(worst_a) << " | " << cell(worst_b)
+              << " | " << fmt::format("{:.1e}", worst_ba) << " |\n";
+  }
+}
