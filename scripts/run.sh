@@ -55,7 +55,9 @@ phase "build (LibTorch 1.13)"
 cmake --build "$build" -j "$jobs"
 phase "test (LibTorch 1.13)"
 status=0
-ctest --test-dir "$build" --output-on-failure -j 1 || status=1
+# Side by side, one test per core: the Catch tests run with one intra-op thread (tests/main.cpp), and
+# every test that uses more declares PROCESSORS 2, so CTest never runs it beside another.
+ctest --test-dir "$build" --output-on-failure -j "$jobs" || status=1
 
 # 2. The venv's LibTorch 2.x: PyPI's wheel is built with CUDA, so this build also compiles and links
 #    everything against torch_cuda (the CUDA tests report skipped where no GPU is present).
@@ -79,6 +81,6 @@ fi
 phase "build (LibTorch 2.x)"
 cmake --build "$build2" -j "$jobs"
 phase "test (LibTorch 2.x)"
-ctest --test-dir "$build2" --output-on-failure -j 1 || status=1
+ctest --test-dir "$build2" --output-on-failure -j "$jobs" || status=1
 phase "done"
 exit $status
