@@ -2,10 +2,12 @@
 """Many LoRA adapters in one batch: our peft::MixedBatch against Hugging Face PEFT's adapter_names, on
 SmolLM2-135M (the real checkpoint from scripts/fetch_data.sh), in one interleaved run.
 
-    .venv/bin/python benchmarks/multi_adapter_compare.py          # about 15 min on 2 cores
+    .venv/bin/python benchmarks/multi_adapter_compare.py                       # q_proj, v_proj: about 5 min on 2 cores
+    .venv/bin/python benchmarks/multi_adapter_compare.py --targets all-linear  # every Linear of the blocks
 
 A batch of --rows rows, row i with adapter a{i mod N} for N in --counts (128 rank-8 LoRA adapters on
-q_proj and v_proj, PEFT's defaults for LLaMA, random values, made here once and loaded by both sides):
+q_proj and v_proj, PEFT's default for LLaMA, or on every Linear of the blocks with --targets all-linear;
+random values, made here once and loaded by both sides):
 a prefill of --prompt tokens per row with the KV cache, then --steps greedy decoding steps. Conditions:
   ours mixed   peft::MixedBatch (gathered A/B stacks, batched products)
   ours loop    peft::MixedBatch with MixedKernel::loop (one product pair per distinct adapter, as PEFT)
@@ -31,7 +33,11 @@ ROOT = os.path.dirname(HERE)
 DATA = os.environ.get("PEFT_DATA_DIR", os.path.expanduser("~/.cache/peft-cpp"))
 
 
-def make_adapters(model_dir, out, count, seed=0):
+TARGETS = {"qv": ["q_proj", "v_proj"],  # PEFT's default for LLaMA
+           "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def make_adapters(model_dir, out, count, targets, seed=0):
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -39,7 +45,7 @@ def make_adapters(model_dir, out, count, seed=0):
     if len(have) == count:
         return
     base = transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS[targets], task_type="CAUSAL_LM"))
     g = torch.Generator().manual_seed(seed)
     for i in range(count):
         with torch.no_grad():
@@ -139,17 +145,20 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multi_adapter_cpu"))
+    ap.add_argument("--targets", choices=sorted(TARGETS), default="qv",
+                    help="the adapters' target modules: qv (PEFT's default for LLaMA) or all-linear")
+    ap.add_argument("--out", help="default: benchmarks/results/multi_adapter_cpu_<targets>")
     args = ap.parse_args()
+    args.out = args.out or os.path.join(ROOT, "benchmarks", "results", f"multi_adapter_cpu_{args.targets}")
     import torch
     import peft
     import transformers
     torch.set_num_threads(args.threads)
     counts = [int(c) for c in args.counts.split(",")]
     total = max(counts)
-    adapters = os.path.join(args.work, "adapters")
+    adapters = os.path.join(args.work, f"adapters_{args.targets}")
     os.makedirs(adapters, exist_ok=True)
-    make_adapters(args.model, adapters, total)
+    make_adapters(args.model, adapters, total, args.targets)
     ours = Ours(args.bench, args.model, adapters, total, args)
     theirs = Peft(args.model, adapters, total, args)
     print(f"loaded {total} adapters: ours {ours.ready['load_s']:.1f} s, PEFT {theirs.load_s:.1f} s", flush=True)
@@ -180,13 +189,15 @@ def main():
 
     stamp = (f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {args.threads} threads, float32, torch {torch.__version__} "
              f"(both sides), transformers {transformers.__version__}, peft {peft.__version__}")
-    md = [f"# Many adapters in one batch: SmolLM2-135M, {args.rows} rows, rank-8 LoRA on q_proj and v_proj", "",
+    md = [f"# Many adapters in one batch: SmolLM2-135M, {args.rows} rows, rank-8 LoRA on {', '.join(TARGETS[args.targets])}", "",
           f"{stamp}. Prompt {args.prompt} tokens per row, then {args.steps} greedy decoding steps with the KV cache; "
           f"medians of {args.reps} interleaved repetitions (after one warm-up), one run of "
-          "`benchmarks/multi_adapter_compare.py`. tokens/s: decoded tokens of all rows per second.", "",
+          f"`benchmarks/multi_adapter_compare.py --targets {args.targets}`. tokens/s: decoded tokens of all rows per "
+          f"second. N adapters: row i uses a{{i mod N}}, all {total} loaded on both sides; {args.rows} rows hold at most "
+          f"{args.rows} distinct ones, so N = {total} is N = {args.rows} with more adapters resident.", "",
           f"Single adapter (all rows on a0, no per-row selection): ours {tok_s('ours', 'single', 1, 'decode_s'):.0f} tokens/s, "
           f"PEFT {tok_s('peft', 'single', 1, 'decode_s'):.0f} tokens/s.", "",
-          "| distinct adapters | ours mixed (tok/s) | ours per-adapter loop | PEFT adapter_names | ours / PEFT | "
+          "| N adapters | ours mixed (tok/s) | ours per-adapter loop | PEFT adapter_names | ours / PEFT | "
           "ours / our single | prefill ours / PEFT (tok/s) | greedy tokens equal to PEFT's |",
           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = []
@@ -198,9 +209,11 @@ def main():
         same = agree(("ours", "mixed", n), ("peft", "peft", n))
         md.append(f"| {n} | {mixed:.0f} | {loop:.0f} | {pf:.0f} | {mixed / pf:.2f}x | {mixed / single:.2f}x | "
                   f"{pre_o:.0f} / {pre_p:.0f} | {100 * same:.1f}% |")
-        rows.append({"adapters": n, "ours_mixed_tok_s": mixed, "ours_loop_tok_s": loop, "peft_tok_s": pf,
+        rows.append({"adapters": n, "targets": args.targets, "rows": args.rows, "ours_mixed_tok_s": mixed, "ours_loop_tok_s": loop, "peft_tok_s": pf,
                      "ours_single_tok_s": single, "peft_single_tok_s": tok_s("peft", "single", 1, "decode_s"),
-                     "prefill_ours_tok_s": pre_o, "prefill_peft_tok_s": pre_p, "tokens_equal": same, "stamp": stamp})
+                     "prefill_ours_tok_s": pre_o, "prefill_peft_tok_s": pre_p, "tokens_equal": same, "stamp": stamp,
+                     "raw_decode_s": {f"{side} {cond}": [r["decode_s"] for r in results[(side, cond, m)]]
+                                      for (side, cond, m) in results if m == n or cond == "single"}})
     md.append("")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".md", "w") as f:

@@ -114,6 +114,11 @@ class MixedPlan : public RowAdapterHook {
                                          "where a mixed batch cannot switch it off per row; deactivate it (set_adapter) "
                                          "or delete it first",
                                          a, t->method(), e.name));
+      // Which adapter each row uses here (a row whose adapter does not adapt this module uses the base).
+      e.here.assign(rows_.size(), -1);
+      for (std::size_t i = 0; i < rows_.size(); ++i)
+        if (rows_[i] >= 0 && e.tuners[static_cast<std::size_t>(rows_[i])]) e.here[i] = rows_[i], e.any = true;
+      e.uniform = e.any && std::all_of(e.here.begin(), e.here.end(), [&](int64_t p) { return p == e.here[0]; });
       slots_.emplace(s.slot, std::move(e));
     }
   }
@@ -131,15 +136,10 @@ class MixedPlan : public RowAdapterHook {
       throw InputError(fmt::format("mixed batch: module '{}' received a tensor of shape {} whose first dimension is "
                                    "not the batch's {} rows (one adapter name per row)",
                                    e.name, shape_str(x.sizes().vec()), b));
-    // Which adapter each row uses here (a row whose adapter does not adapt this module uses the base).
-    std::vector<int64_t> here(rows_.size(), -1);
-    bool any = false;
-    for (std::size_t i = 0; i < rows_.size(); ++i)
-      if (rows_[i] >= 0 && e.tuners[static_cast<std::size_t>(rows_[i])]) here[i] = rows_[i], any = true;
-    if (!any) return op(x);
-    if (options_.kernel() == MixedKernel::automatic && std::all_of(here.begin(), here.end(), [&](int64_t p) { return p == here[0]; }))
-      return run_single(*e.tuners[static_cast<std::size_t>(here[0])], slot, x, op);
-    return run_mixed(e, slot, here, x, op);
+    if (!e.any) return op(x);
+    if (options_.kernel() == MixedKernel::automatic && e.uniform)
+      return run_single(*e.tuners[static_cast<std::size_t>(e.here[0])], slot, x, op);
+    return run_mixed(e, slot, e.here, x, op);
   }
 
  private:
@@ -147,6 +147,9 @@ class MixedPlan : public RowAdapterHook {
     std::string name;
     std::vector<Tuner*> tuners;  // per selected adapter; nullptr where it does not adapt this slot
     std::vector<MixedKind> kinds;
+    std::vector<int64_t> here;   // per row: its adapter's position if that adapter adapts this slot, else -1
+    bool any = false;            // some row uses an adapter here
+    bool uniform = false;        // every row uses the same one
     // Built on first use (see MixedBatch): per-row stacks, on the device and in the dtype of use.
     bool cached = false;
     c10::Device cached_device = at::kCPU;
@@ -248,9 +251,9 @@ class MixedPlan : public RowAdapterHook {
         scale[static_cast<std::size_t>(i)] = static_cast<float>(spec.scaling);
         drop[static_cast<std::size_t>(i)] = static_cast<float>(spec.dropout);
       }
-      e.a_rows = at::stack(as);  // [B, rmax, in]
-      e.b_rows = at::stack(bs);  // [B, out, rmax]
       e.scale_rows = at::tensor(scale).to(opts).view({b, 1, 1});
+      e.a_rows = at::stack(as) * e.scale_rows;  // [B, rmax, in], each row's scaling folded in
+      e.b_rows = at::stack(bs);                 // [B, out, rmax]
       e.dropout_rows = at::tensor(drop).view({b, 1, 1});
       e.max_dropout = *std::max_element(drop.begin(), drop.end());
       if (dora) e.gain_rows = at::stack(gs).unsqueeze(1);  // [B, 1, out]
@@ -344,7 +347,7 @@ class MixedPlan : public RowAdapterHook {
           out3 = out3.index_add(0, idx, d);
         }
       } else {
-        auto a = at::bmm(xd, e.a_rows.transpose(1, 2)) * e.scale_rows;  // [B, T, rmax]
+        auto a = at::bmm(xd, e.a_rows.transpose(1, 2));  // [B, T, rmax], scaled
         if (!dora) {
           out3 = at::baddbmm(y3, a, e.b_rows.transpose(1, 2));
         } else {
