@@ -270,6 +270,17 @@ TEST_CASE("the adapter pool loads on demand, keeps at most max_loaded, unloads t
   CHECK_THROWS_WITH(pool.select({"p", "q", "s", "__base__"}), Catch::Contains("needs 3") && Catch::Contains("max_loaded is 2"));
   CHECK(pool.loaded() == std::vector<std::string>{"r", "q"});  // a refused batch changes nothing
   CHECK_THROWS_WITH(pool.select({"zz"}), Catch::Contains("'zz' is not loaded") && Catch::Contains("no source"));
+  {  // an open batch pins its adapters: a nested selection cannot evict them, unload refuses them
+    auto outer = pool.select({"r", "__base__"});
+    CHECK(pool.is_pinned("r"));
+    CHECK_THROWS_WITH(pool.unload("r"), Catch::Contains("in use by an open mixed batch"));
+    {
+      auto inner = pool.select({"q", "q"});  // both loaded already: fine
+    }
+    CHECK_THROWS_WITH(pool.select({"p", "s"}), Catch::Contains("open batches hold 1 others"));
+    CHECK(pool.loaded() == std::vector<std::string>{"r", "q"});
+  }
+  CHECK_FALSE(pool.is_pinned("r"));
   pool.unload("r");
   CHECK(pool.loaded() == std::vector<std::string>{"q"});
   CHECK_THROWS_AS(pool.unload("r"), peft::StateError);

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <list>
+#include <memory>
 #include <map>
 #include <set>
 #include <string>
@@ -67,6 +68,8 @@ class AdapterPool {
   }
   /// Unloads a pool adapter (its source stays registered: it can be loaded again).
   void unload(const std::string& name) {
+    if (is_pinned(name))
+      throw StateError(fmt::format("adapter pool: '{}' is in use by an open mixed batch; close the batch first", name));
     auto it = std::find(lru_.begin(), lru_.end(), name);
     if (it == lru_.end())
       throw StateError(fmt::format("adapter pool: '{}' is not loaded by this pool (loaded: {})", name,
@@ -87,15 +90,25 @@ class AdapterPool {
   const AdapterPoolOptions& options() const { return options_; }
 
   /// Opens a mixed batch over `rows` (one adapter name per row, "__base__" for none), loading the
-  /// adapters it needs that are not loaded. Keep the result alive around the forward / generate call.
+  /// adapters it needs that are not loaded. Keep the result alive around the forward / generate call:
+  /// while it is open its adapters are pinned (never evicted; unload() refuses them).
   MixedBatch select(const std::vector<std::string>& rows) {
     std::vector<std::string> wanted;
     for (const auto& r : rows)
       if (!r.empty() && r != kBaseAdapter && std::find(wanted.begin(), wanted.end(), r) == wanted.end())
         wanted.push_back(r);
     ensure_loaded(wanted);
-    return MixedBatch(*model_, rows, options_.batch());
+    for (const auto& n : wanted) ++(*pins_)[n];
+    std::weak_ptr<std::map<std::string, int>> weak = pins_;
+    std::shared_ptr<void> lease(nullptr, [weak, wanted](void*) {
+      if (auto pins = weak.lock())
+        for (const auto& n : wanted)
+          if (--(*pins)[n] == 0) pins->erase(n);
+    });
+    return MixedBatch(*model_, rows, options_.batch(), std::move(lease));
   }
+  /// Whether an open MixedBatch of this pool uses `name`.
+  bool is_pinned(const std::string& name) const { return pins_->count(name) > 0; }
 
  private:
   void ensure_loaded(const std::vector<std::string>& wanted) {
@@ -118,9 +131,16 @@ class AdapterPool {
       std::size_t needed = 0;
       for (const auto& n : wanted)
         if (is_loaded(n) || sources_.count(n)) ++needed;
+      std::size_t pinned = 0;  // held by open batches and not wanted here: they cannot make room
+      for (const auto& [n, count] : *pins_)
+        if (std::find(wanted.begin(), wanted.end(), n) == wanted.end()) ++pinned;
       if (needed > options_.max_loaded())
         throw StateError(fmt::format("adapter pool: the batch needs {} of the pool's adapters at once, but max_loaded is {}",
                                      needed, options_.max_loaded()));
+      if (needed + pinned > options_.max_loaded() && !missing.empty())
+        throw StateError(fmt::format("adapter pool: the batch needs {} adapters and open batches hold {} others, but "
+                                     "max_loaded is {}; close those batches first",
+                                     needed, pinned, options_.max_loaded()));
     }
     // Touch what is loaded (most recent last), then make room and load the rest.
     for (const auto& n : wanted)
@@ -129,7 +149,7 @@ class AdapterPool {
       if (options_.max_loaded() > 0)
         while (lru_.size() >= options_.max_loaded()) {
           auto victim = std::find_if(lru_.begin(), lru_.end(), [&](const std::string& v) {
-            return std::find(wanted.begin(), wanted.end(), v) == wanted.end();
+            return std::find(wanted.begin(), wanted.end(), v) == wanted.end() && !is_pinned(v);
           });
           if (victim == lru_.end()) break;  // cannot happen: needed <= max_loaded was checked
           delete_adapter(*model_, *victim);
@@ -147,6 +167,7 @@ class AdapterPool {
   std::map<std::string, std::filesystem::path> sources_;
   std::list<std::string> lru_;
   AdapterPoolStats stats_;
+  std::shared_ptr<std::map<std::string, int>> pins_ = std::make_shared<std::map<std::string, int>>();  // open batches' adapters
 };
 
 }  // namespace peft

@@ -401,7 +401,10 @@ class MixedPlan : public RowAdapterHook {
 
 }  // namespace detail
 
-/// A scope in which each row of the batch runs with its own adapter (see the file comment).
+class AdapterPool;
+
+/// A scope in which each row of the batch runs with its own adapter (see the file comment). The
+/// adapters it names must stay attached while it is open (an AdapterPool keeps them loaded).
 class MixedBatch {
  public:
   /// `rows`: one adapter name per batch row; "__base__" (kBaseAdapter) or "" for the base model.
@@ -446,6 +449,12 @@ class MixedBatch {
   }
   std::shared_ptr<detail::MixedPlan> plan_;
   std::unique_ptr<BatchScope> scope_;
+  std::shared_ptr<void> lease_;  // an AdapterPool's pin on the batch's adapters
+  friend class AdapterPool;
+  MixedBatch(ModelRef model, const std::vector<std::string>& rows, MixedBatchOptions options, std::shared_ptr<void> lease)
+      : MixedBatch(model, rows, options) {
+    lease_ = std::move(lease);
+  }
 };
 
 }  // namespace peft
