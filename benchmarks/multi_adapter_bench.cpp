@@ -32,14 +32,19 @@ int main(int argc, char** argv) {
   std::string model_dir, adapters_dir;
   int64_t count = 128, rows = 32, prompt = 16, steps = 8;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
-  app.add_option("--model", model_dir, "a LLaMA checkpoint directory (config.json, model.safetensors)")->required();
-  app.add_option("--adapters", adapters_dir, "directory with PEFT adapters a0, a1, ...")->required();
+  // Required, but checked after parsing: CLI11 reports a missing required option before an unknown one.
+  app.add_option("--model", model_dir, "a LLaMA checkpoint directory (config.json, model.safetensors); required");
+  app.add_option("--adapters", adapters_dir, "directory with PEFT adapters a0, a1, ...; required");
   app.add_option("--count", count, "adapters to load (a0 .. a{count-1})")->check(cli_checks::Positive);
   app.add_option("--rows", rows, "batch rows")->check(cli_checks::Positive);
   app.add_option("--prompt", prompt, "prompt tokens per row")->check(cli_checks::Positive);
   app.add_option("--steps", steps, "decoding steps timed after the prefill")->check(cli_checks::Positive);
   app.add_option("--threads", threads, "intra-op threads")->check(cli_checks::Positive);
   CLI11_PARSE(app, argc, argv);
+  if (model_dir.empty() || adapters_dir.empty()) {
+    std::cerr << "multi_adapter_bench: --model and --adapters are required (run with --help for more information)\n";
+    return 2;
+  }
   try {
     torch::set_num_threads(static_cast<int>(threads));
     torch::NoGradGuard no_grad;

@@ -475,7 +475,7 @@ TEST_CASE("add_weighted_adapter: each combination type against its definition", 
   }
 }
 
-TEST_CASE("add_weighted_adapter: the result is an ordinary adapter (saved, loaded, merged); bad requests are refused",
+TEST_CASE("add_weighted_adapter: the result is an ordinary adapter (saved, loaded, merged), and bad requests are refused",
           "[serve][weighted]") {
   auto lm = weighted_model();
   torch::NoGradGuard g;
