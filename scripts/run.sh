@@ -81,6 +81,8 @@ fi
 phase "build (LibTorch 2.x)"
 cmake --build "$build2" -j "$jobs"
 phase "test (LibTorch 2.x)"
-ctest --test-dir "$build2" --output-on-failure -j "$jobs" || status=1
+# The libFuzzer targets check our parsers (safetensors headers, config.json), which do not depend on
+# LibTorch's version: they ran in the first half.
+ctest --test-dir "$build2" --output-on-failure -j "$jobs" -E '^fuzz[.]' || status=1
 phase "done"
 exit $status
