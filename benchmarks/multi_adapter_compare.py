@@ -21,12 +21,13 @@ goes first alternating too; each cell is the median over --reps. Writes <out>.md
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+
+from compare_hf_peft import cpu_model  # the same machine stamp as the other comparison
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,17 +122,6 @@ class Peft:
             decode = time.perf_counter() - t
         return {"condition": condition, "adapters": n, "prefill_s": prefill, "decode_s": decode,
                 "tokens": torch.cat(toks, 1).flatten().tolist()}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main():
