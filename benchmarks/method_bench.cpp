@@ -50,11 +50,13 @@ using bench::variants;
 ///   weights     every parameter at its dtype;
 ///   gradients   one per trainable parameter;
 ///   optimizer   AdamW's two moments (read from the optimizer);
-///   activations what backward needs, per layer, as this library's ops save it (CPU math attention, dropout
+///   activations what backward needs, per layer, as this library's ops save it (the math attention of
+///               nn/attention.hpp, which keeps the probabilities and a bool dropout mask; torch::nn::Dropout
 ///               keeping a float mask the size of its input):
-///                 frozen base: block input 1a, q and k 2a, v 1a, softmax 1s, attention-dropout mask 1s, dropped
-///                 probabilities 1s, two hidden-dropout masks 2a, two LayerNorm inputs 2a, GELU input 4a
-///                 (12a + 3s; without dropout 10a + 1s);
+///                 frozen base: block input 1a, q and k 2a, v 1a, softmax 1s, attention-dropout mask 1s at one
+///                 byte per score, two hidden-dropout masks 2a, two LayerNorm inputs 2a, GELU input 4a
+///                 (12a + 1s + the bool mask; without dropout 10a + 1s, where LibTorch 2.x's fused CPU kernel
+///                 would keep less);
 ///                 full fine-tuning adds the inputs of the frozen-base-free weights: context 1a, FFN input 1a,
 ///                 GELU output 4a (18a + 3s);
 ///               a = batch x seq x hidden, s = batch x heads x seq x seq elements at the activations' dtype.
@@ -78,7 +80,7 @@ Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_
   f.optimizer = optimizer_bytes;
   const int64_t e = static_cast<int64_t>(c10::elementSize(act));
   const int64_t a = sh.batch * sh.seq * sh.hidden * e, s = sh.batch * sh.heads * sh.seq * sh.seq * e;
-  int64_t layer = dropout ? 12 * a + 3 * s : 10 * a + s;
+  int64_t layer = dropout ? 12 * a + s + s / e : 10 * a + s;
   if (full) layer += 6 * a;
   f.activations = checkpointing ? sh.layers * a + layer : sh.layers * layer;
   return f;

@@ -17,8 +17,10 @@
 #include <peft/slots/linear.hpp>
 
 #include <torch/arg.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/pimpl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -160,7 +162,7 @@ inline at::Tensor make_attention_mask(const at::Tensor& padding, int64_t q_len, 
   const int64_t s_len = past + q_len;
   if (padding.defined() && (padding.dim() != 2 || padding.size(1) != s_len))
     throw InputError("attention_mask must be [batch, " + std::to_string(s_len) + "] (past " + std::to_string(past) +
-                     " + new " + std::to_string(q_len) + " tokens), received " + detail::shape_str(padding.sizes().vec()));
+                     " + new " + std::to_string(q_len) + " tokens), received " + peft::detail::shape_str(padding.sizes().vec()));
   if (!causal && !padding.defined()) return {};
   at::Tensor allowed;  // [B or 1, 1, T, S]
   if (causal) {
@@ -187,6 +189,108 @@ struct AttentionInputs {
   LayerKV* cache = nullptr;
 };
 
+namespace detail {
+
+/// The budget of one chunk's score block [rows, heads, T, S] in bytes (settable: tests force many chunks).
+inline int64_t& attention_chunk_bytes() {
+  static int64_t bytes = int64_t{32} << 20;
+  return bytes;
+}
+
+/// softmax(q kᵀ · scale + mask) v with dropout on the probabilities, as an autograd function that keeps
+/// for backward what that needs and no more: q, k, v, the probabilities and the dropout mask as bools
+/// (autograd over the plain ops keeps the probabilities, a float mask and the dropped probabilities:
+/// 9 bytes per score instead of 3 × 4 in float32). Forward and backward run over chunks of (batch, head)
+/// rows, so the score-sized temporaries are one chunk's, not the whole batch's. The values are those of
+/// the plain ops: the same products in the same order, the same float noise 1/(1-p) (the mask is drawn
+/// by one bernoulli_ over the whole tensor, so a recompute after restoring the RNG draws it again).
+struct MathAttentionFunction : torch::autograd::Function<MathAttentionFunction> {
+  /// Calls f(b0, nb, h0, nh) over chunks of batch rows and heads of about attention_chunk_bytes().
+  template <class F>
+  static void chunks(const at::Tensor& q, int64_t s, F&& f) {
+    const int64_t b = q.size(0), h = q.size(1), t = q.size(2);
+    const int64_t per_head = std::max<int64_t>(1, t * s * static_cast<int64_t>(std::max<size_t>(4, q.element_size())));
+    const int64_t heads = std::clamp<int64_t>(attention_chunk_bytes() / per_head, 1, h);
+    const int64_t rows = heads < h ? 1 : std::clamp<int64_t>(attention_chunk_bytes() / (per_head * h), 1, b);
+    for (int64_t b0 = 0; b0 < b; b0 += rows)
+      for (int64_t h0 = 0; h0 < h; h0 += heads) f(b0, std::min(rows, b - b0), h0, std::min(heads, h - h0));
+  }
+  static at::Tensor part(const at::Tensor& x, int64_t b0, int64_t nb, int64_t h0, int64_t nh) {
+    return x.narrow(0, b0, nb).narrow(1, h0, nh);
+  }
+  /// A mask [B or 1, 1 or H, T, S] cut to the chunk (its broadcast dimensions stay whole).
+  static at::Tensor mask_part(const at::Tensor& m, int64_t b0, int64_t nb, int64_t h0, int64_t nh) {
+    auto r = m.size(0) == 1 ? m : m.narrow(0, b0, nb);
+    return r.size(1) == 1 ? r : r.narrow(1, h0, nh);
+  }
+
+  /// `mask` (additive, [B or 1, 1 or H, T, S]) is no autograd input: it is a constant of the batch, and
+  /// LibTorch 1.13 refuses undefined tensors among a function's inputs.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const c10::optional<at::Tensor>& mask, bool causal, double dropout_p) {
+    const int64_t t = q.size(2), s = k.size(2);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+    auto probs = at::empty({q.size(0), q.size(1), t, s}, q.options());
+    at::Tensor keep;  // bool: the positions dropout keeps
+    if (dropout_p > 0) keep = at::empty(probs.sizes(), q.options().dtype(at::kBool)).bernoulli_(1 - dropout_p);
+    at::Tensor future;
+    if (causal) future = at::ones({t, s}, q.options().dtype(at::kBool)).triu(s - t + 1);
+    auto out = at::empty({q.size(0), q.size(1), t, v.size(-1)}, q.options());
+    const auto soft = at::promote_types(q.scalar_type(), at::kFloat);
+    chunks(q, s, [&](int64_t b0, int64_t nb, int64_t h0, int64_t nh) {
+      auto scores = at::matmul(part(q, b0, nb, h0, nh), part(k, b0, nb, h0, nh).transpose(-2, -1)).mul_(scale);
+      if (mask) scores.add_(mask_part(*mask, b0, nb, h0, nh));
+      if (causal) scores.masked_fill_(future, lowest(scores.scalar_type()));
+      auto p = part(probs, b0, nb, h0, nh);
+      p.copy_(at::softmax(scores, -1, soft));
+      scores = at::Tensor();
+      auto dropped = keep.defined() ? p * part(keep, b0, nb, h0, nh).to(p.scalar_type()).div_(1 - dropout_p) : p;
+      part(out, b0, nb, h0, nh).copy_(at::matmul(dropped, part(v, b0, nb, h0, nh)));
+    });
+    ctx->save_for_backward({q, k, v, probs, keep});
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &probs = saved[3], &keep = saved[4];
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+    const auto& go = grads[0];
+    const int64_t t = q.size(2), s = k.size(2);
+    at::Tensor future;
+    if (causal) future = at::ones({t, s}, q.options().dtype(at::kBool)).triu(s - t + 1);
+    auto gq = at::empty(q.sizes(), q.options()), gk = at::empty(k.sizes(), k.options()),
+         gv = at::empty(v.sizes(), v.options());
+    const auto soft = at::promote_types(q.scalar_type(), at::kFloat);
+    chunks(q, s, [&](int64_t b0, int64_t nb, int64_t h0, int64_t nh) {
+      auto g = part(go, b0, nb, h0, nh);
+      auto p = part(probs, b0, nb, h0, nh);
+      auto gp = at::matmul(g, part(v, b0, nb, h0, nh).transpose(-2, -1));  // d out / d dropped
+      if (keep.defined()) {
+        auto noise = part(keep, b0, nb, h0, nh).to(p.scalar_type()).div_(1 - dropout_p);
+        part(gv, b0, nb, h0, nh).copy_(at::matmul((p * noise).transpose(-2, -1), g));
+        gp.mul_(noise);
+      } else {
+        part(gv, b0, nb, h0, nh).copy_(at::matmul(p.transpose(-2, -1), g));
+      }
+      auto gs = at::_softmax_backward_data(gp.to(soft), p.to(soft), -1, soft).to(q.scalar_type());
+      gp = at::Tensor();
+      if (causal) gs.masked_fill_(future, 0);
+      gs.mul_(scale);
+      part(gq, b0, nb, h0, nh).copy_(at::matmul(gs, part(k, b0, nb, h0, nh)));
+      part(gk, b0, nb, h0, nh).copy_(at::matmul(gs.transpose(-2, -1), part(q, b0, nb, h0, nh)));
+    });
+    return {gq, gk, gv, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace detail
+
 namespace functional {
 
 /// Repeats each of H_kv key/value heads H/H_kv times (grouped-query attention).
@@ -211,6 +315,10 @@ inline at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const 
   if (m.defined()) causal = false;
   AttentionBackend backend = attention_backend();
   if (backend == AttentionBackend::automatic) backend = has_sdpa() ? AttentionBackend::sdpa : AttentionBackend::math;
+  // In training the math path runs as one autograd function that keeps 9 bytes per score, not 12
+  // (MathAttentionFunction); without autograd the plain ops keep nothing anyway.
+  const bool records = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()) &&
+                       !(m.defined() && m.requires_grad());
 #if PEFT_TORCH2
   if (backend == AttentionBackend::sdpa) {
     c10::optional<at::Tensor> opt;
@@ -223,15 +331,28 @@ inline at::Tensor attend(const at::Tensor& q, at::Tensor k, at::Tensor v, const 
         at::_fused_sdp_choice(q, k, v, opt, dropout_p, causal, c10::nullopt, /*enable_gqa=*/true) > 0)
       return at::scaled_dot_product_attention(q, k, v, opt, dropout_p, causal, c10::nullopt, /*enable_gqa=*/true);
 #endif
-    return at::scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), opt, dropout_p, causal);
+    k = repeat_kv(k, groups);
+    v = repeat_kv(v, groups);
+    // Where SDPA has no fused kernel for these inputs (on CPU: dropout, a mask before 2.x's CPU flash
+    // kernel took one) it runs the plain ops under autograd; training takes the lean function instead.
+    if (!records || at::_fused_sdp_choice(q, k, v, opt, dropout_p, causal, c10::nullopt
+#if PEFT_HAS_SDPA_GQA
+                                          , /*enable_gqa=*/false
+#endif
+                                          ) > 0)
+      return at::scaled_dot_product_attention(q, k, v, opt, dropout_p, causal);
+    return detail::MathAttentionFunction::apply(q, k, v, opt, causal, dropout_p);
   }
 #else
   if (backend == AttentionBackend::sdpa)
     throw StateError("scaled_dot_product_attention needs LibTorch 2.x; this build uses " +
-                     std::string(detail::torch_version()));
+                     std::string(peft::detail::torch_version()));
 #endif
   k = repeat_kv(k, groups);
   v = repeat_kv(v, groups);
+  if (records)
+    return detail::MathAttentionFunction::apply(q, k, v, m.defined() ? c10::optional<at::Tensor>(m) : c10::nullopt, causal,
+                                                dropout_p);
   auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   if (m.defined()) {
     scores = scores + m;
@@ -277,7 +398,7 @@ inline at::Tensor self_attention(const at::Tensor& x, Linear& q_proj, Linear& k_
     LayerKV kv = p->prefix(b);
     if (kv.k.dim() != 4 || kv.k.size(0) != b || kv.k.size(1) != kv_heads || kv.k.size(3) != head_dim ||
         !kv.v.defined() || kv.v.sizes() != kv.k.sizes())
-      throw StateError(tuner->method() + " tuner gave attention prefixes of shape " + detail::shape_str(kv.k.sizes().vec()) +
+      throw StateError(tuner->method() + " tuner gave attention prefixes of shape " + peft::detail::shape_str(kv.k.sizes().vec()) +
                        "; expected [" + std::to_string(b) + ", " + std::to_string(kv_heads) + ", P, " +
                        std::to_string(head_dim) + "] for keys and values");
     pk.push_back(kv.k.to(k.scalar_type()));
