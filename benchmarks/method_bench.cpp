@@ -48,41 +48,56 @@ using bench::variants;
 
 /// The analytic floor of a training step's memory: what must exist at the peak, counted from the shapes.
 ///   weights     every parameter at its dtype;
-///   gradients   one per trainable parameter;
 ///   optimizer   AdamW's two moments (read from the optimizer);
-///   activations what backward needs, per layer, as this library's ops save it (the math attention of
-///               nn/attention.hpp, which keeps the probabilities and a bool dropout mask; torch::nn::Dropout
-///               keeping a float mask the size of its input):
-///                 frozen base: block input 1a, q and k 2a, v 1a, softmax 1s, attention-dropout mask 1s at one
-///                 byte per score, two hidden-dropout masks 2a, two LayerNorm inputs 2a, GELU input 4a
-///                 (12a + 1s + the bool mask; without dropout 10a + 1s, where LibTorch 2.x's fused CPU kernel
-///                 would keep less);
-///                 full fine-tuning adds the inputs of the frozen-base-free weights: context 1a, FFN input 1a,
-///                 GELU output 4a (18a + 3s);
-///               a = batch x seq x hidden, s = batch x heads x seq x seq elements at the activations' dtype.
+///   activations what backward needs, per layer, as this library's ops save it. a = batch x seq x hidden and
+///               s = batch x heads x seq x seq elements at the activations' dtype, i = a x intermediate / hidden.
+///               Attention keeps q, k, v (3a) and either the probabilities (1s, the math attention of
+///               nn/attention.hpp, plus its dropout mask as bools, s bytes) or, where SDPA has a fused kernel
+///               (LibTorch 2.x without dropout on the CPU; CUDA), its output (1a).
+///                 BERT, frozen base: block input 1a, q k v 3a, attention, two hidden-dropout float masks 2a,
+///                 two LayerNorm inputs 2a, GELU input 4a (without dropout: no masks); full fine-tuning adds
+///                 the inputs of the weights: context 1a, FFN input 1a, GELU output 4a.
+///                 LLaMA, frozen base: RMSNorm inputs 2a, the attention projections' input 1a (LoRA's), q k v
+///                 3a (keys and values repeated to every head), attention, gate i, up i, silu(gate) i; full
+///                 fine-tuning adds both normalized inputs 2a (RMSNorm weights), context 1a, the gate/up input
+///                 1a and the down projection's input i.
 ///               With checkpointing: each layer keeps only its input (1a) and one layer is recomputed (+1 layer).
 ///               Tuner-internal tensors (rank-r products, prefix keys) are small and left out.
-/// Counted for the BERT shapes; for LLaMA shapes the same count is an approximation.
+///   gradients   one per trainable parameter where they outlive the step (LibTorch 1.13's zero_grad() zeroes
+///               them). Where zero_grad() frees them (2.x), backward creates them as it frees activations, so
+///               they count only by what they exceed the activations at the end of backward (the last layer
+///               recomputed or kept).
 struct Floor {
   int64_t weights = 0, gradients = 0, optimizer = 0, activations = 0;
   double total() const { return static_cast<double>(weights + gradients + optimizer + activations); }
 };
-Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_bytes, bool checkpointing, bool full, bool dropout) {
+Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_bytes, bool checkpointing, bool full,
+                   bool dropout, bool fused_attention, bool gradients_persist) {
   Floor f;
   const auto params = model.parameters();
   at::ScalarType act = params.empty() ? at::kFloat : params.front().scalar_type();
+  int64_t gradients = 0;
   for (const auto& p : params) {
     const auto bytes = static_cast<int64_t>(p.numel() * p.element_size());
     f.weights += bytes;
-    if (p.requires_grad()) f.gradients += bytes;
+    if (p.requires_grad()) gradients += bytes;
     else act = p.scalar_type();  // activations follow the frozen base's dtype
   }
   f.optimizer = optimizer_bytes;
   const int64_t e = static_cast<int64_t>(c10::elementSize(act));
   const int64_t a = sh.batch * sh.seq * sh.hidden * e, s = sh.batch * sh.heads * sh.seq * sh.seq * e;
-  int64_t layer = dropout ? 12 * a + s + s / e : 10 * a + s;
-  if (full) layer += 6 * a;
+  const int64_t attention = fused_attention ? a : s + (dropout ? s / e : 0);
+  int64_t layer = 0;
+  if (sh.llama) {
+    const int64_t i = a * sh.intermediate / sh.hidden;
+    layer = 6 * a + attention + 3 * i;
+    if (full) layer += 4 * a + i;
+  } else {
+    layer = 6 * a + attention + 4 * a + (dropout ? 2 * a : 0);
+    if (full) layer += 6 * a;
+  }
   f.activations = checkpointing ? sh.layers * a + layer : sh.layers * layer;
+  f.gradients = gradients_persist ? gradients : std::max<int64_t>(0, gradients + layer - f.activations);
   return f;
 }
 
@@ -178,6 +193,17 @@ int main(int argc, char** argv) {
         model->to(dev, st);
         if (base_dtype != "same") peft::cast_mixed(model, base_dtype == "float16" ? torch::kHalf : torch::kBFloat16, torch::kFloat);
         if (checkpointing) peft::enable_gradient_checkpointing(*model);
+        // The peak counts from before the model was built, so it includes the weights; but not the setup's
+        // transients: a base built in float32 and cast to bf16 held both for a moment, which a model
+        // loaded in bf16 never does.
+        if (cuda) {
+#ifdef PEFT_BENCH_CUDA_STATS
+          torch::cuda::synchronize();
+          c10::cuda::CUDACachingAllocator::resetPeakStats(dev.has_index() ? dev.index() : 0);
+#endif
+        } else {
+          peft::train::reset_peak_rss();
+        }
         model->train();
         auto opt = peft::train::make_adamw(model, 1e-4, 0.01);
         auto step = [&] {
@@ -190,8 +216,13 @@ int main(int argc, char** argv) {
         const auto c = peft::count_parameters(model);
         r.trainable = c.trainable, r.total = c.all;
         r.optimizer_bytes = peft::train::optimizer_state_bytes(opt);
-        r.floor = memory_floor(*model, sh, r.optimizer_bytes, checkpointing, v.name == "full",
-                               sh.dropout != 0 && !sh.llama);
+        // Whether gradients outlive a step: zero_grad() zeroes them in LibTorch 1.13 and frees them in 2.x.
+        opt.zero_grad();
+        bool gradients_persist = false;
+        for (const auto& p : model->parameters()) gradients_persist = gradients_persist || p.grad().defined();
+        const bool dropout = sh.dropout != 0 && !sh.llama;  // LLaMA has none; BERT's default is 0.1
+        r.floor = memory_floor(*model, sh, r.optimizer_bytes, checkpointing, v.name == "full", dropout,
+                               peft::nn::has_sdpa() && (cuda || !dropout), gradients_persist);
         if (cuda) {
 #ifdef PEFT_BENCH_CUDA_STATS
           torch::cuda::synchronize();

