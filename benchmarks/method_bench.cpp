@@ -62,7 +62,10 @@ using bench::variants;
 ///                 fine-tuning adds both normalized inputs 2a (RMSNorm weights), context 1a, the gate/up input
 ///                 1a and the down projection's input i.
 ///               With checkpointing: each layer keeps only its input (1a) and one layer is recomputed (+1 layer).
-///               Tuner-internal tensors (rank-r products, prefix keys) are small and left out.
+///               Tuner-internal tensors (rank-r products, prefix keys) are small and left out, but for one:
+///               on a half-precision base every tuned Linear widens its input to float32, and its adapter
+///               keeps that copy for its weight gradient (batch x seq x in_features floats per site; PEFT's
+///               LoRA does the same).
 ///   gradients   one per trainable parameter where they outlive the step (LibTorch 1.13's zero_grad() zeroes
 ///               them). Where zero_grad() frees them (2.x), backward creates them as it frees activations, so
 ///               they count only by what they exceed the activations at the end of backward (the last layer
@@ -73,6 +76,15 @@ struct Floor {
 };
 Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_bytes, bool checkpointing, bool full,
                    bool dropout, bool fused_attention, bool gradients_persist) {
+  // Float32 copies of tuned Linears' inputs where the activations are half precision.
+  int64_t widened = 0;
+  for (const auto& m : model.modules(false)) {
+    const auto* slot = dynamic_cast<const peft::TunableSlot*>(m.get());
+    if (!slot || std::string(slot->op_kind()) != "Linear" || !slot->adapters_enabled()) continue;
+    bool tuned = false;  // the active names are the model's: is one of them attached here?
+    for (const auto& name : slot->active_adapters()) tuned = tuned || slot->adapter(name) != nullptr;
+    if (tuned) widened += sh.batch * sh.seq * slot->features().first * 4;
+  }
   Floor f;
   const auto params = model.parameters();
   at::ScalarType act = params.empty() ? at::kFloat : params.front().scalar_type();
@@ -96,6 +108,7 @@ Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_
     layer = 6 * a + attention + 4 * a + (dropout ? 2 * a : 0);
     if (full) layer += 6 * a;
   }
+  if (e < 4) layer += widened / sh.layers;
   f.activations = checkpointing ? sh.layers * a + layer : sh.layers * layer;
   f.gradients = gradients_persist ? gradients : std::max<int64_t>(0, gradients + layer - f.activations);
   return f;

@@ -37,6 +37,8 @@ for m in j["methods"]:
 PY
 }
 # Batch 16: the shape. LoRA plain / checkpointed in ABBA order, full fine-tuning both ways.
+# (ONLY_BF16=1: only the bf16-base rows below.)
+if [ "${ONLY_BF16:-0}" != 1 ]; then
 point 16 2 lora_qv
 point 16 2 lora_qv --checkpointing
 point 16 1 full
@@ -50,6 +52,7 @@ for b in ${BATCHES-8 4 2}; do
   point "$b" 1 lora_qv --checkpointing
   point "$b" 1 full --checkpointing
 done
+fi
 if [ "${BF16:-0}" = 1 ]; then
   for b in ${BF16_BATCHES-16 8 4 2}; do
     point "$b" 1 lora_qv --base-dtype bfloat16
