@@ -421,21 +421,7 @@ TEST_CASE("CUDA: checkpointing restores the GPU's dropout draws, the lean math a
     CHECK(p.value().scalar_type() == (p.value().requires_grad() ? torch::kFloat : torch::kBFloat16));
   }
   auto tokens = torch::randint(0, 100, {4, 12}, torch::kLong).to(kCuda);
-  auto train = [&](M::LlamaForCausalLMImpl& m) {
-    m.train();
-    auto adamw = peft::train::make_adamw(m, 1e-2);
-    std::vector<double> losses;
-    for (int step = 0; step < 60; ++step) {
-      adamw.zero_grad();
-      auto logits = m.forward(tokens.narrow(1, 0, 11));
-      auto loss = torch::cross_entropy_loss(logits.flatten(0, 1).to(torch::kFloat), tokens.narrow(1, 1, 11).flatten());
-      loss.backward();
-      adamw.step();
-      losses.push_back(loss.item<double>());
-    }
-    return losses;
-  };
-  const auto mixed = train(*llama), reference = train(*fp32_gpu);
+  const auto mixed = train_next_token(*llama, tokens, 60), reference = train_next_token(*fp32_gpu, tokens, 60);
   INFO("loss, bfloat16 base: " << mixed.front() << " -> " << mixed.back() << "; float32 base: " << reference.front()
                                << " -> " << reference.back());
   CHECK(mixed.back() < mixed.front() - 0.3);

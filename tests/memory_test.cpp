@@ -413,21 +413,7 @@ TEST_CASE("half-precision frozen base: LoRA on a bfloat16 LLaMA trains, saves fl
   check_mixed_dtypes(*llama, torch::kBFloat16);
   peft::enable_gradient_checkpointing(*llama);  // both memory switches at once
   auto tokens = torch::randint(0, 100, {4, 12}, torch::kLong);
-  auto train = [&](M::LlamaForCausalLMImpl& m) {
-    m.train();
-    auto opt = peft::train::make_adamw(m, 1e-2);
-    std::vector<double> losses;
-    for (int step = 0; step < 60; ++step) {
-      opt.zero_grad();
-      auto logits = m.forward(tokens.narrow(1, 0, 11));
-      auto loss = torch::cross_entropy_loss(logits.flatten(0, 1).to(torch::kFloat), tokens.narrow(1, 1, 11).flatten());
-      loss.backward();
-      opt.step();
-      losses.push_back(loss.item<double>());
-    }
-    return losses;
-  };
-  const auto mixed = train(*llama), reference = train(*fp32_run);
+  const auto mixed = train_next_token(*llama, tokens, 60), reference = train_next_token(*fp32_run, tokens, 60);
   INFO("loss, bfloat16 base: " << mixed.front() << " -> " << mixed.back() << "; float32 base: " << reference.front() << " -> "
                                << reference.back());
   CHECK(mixed.back() < mixed.front() - 0.3);                                 // it learns

@@ -140,4 +140,22 @@ inline std::vector<std::pair<std::string, std::shared_ptr<peft::AdapterConfig>>>
   };
 }
 
+/// `steps` AdamW steps (lr 1e-2) of next-token prediction on `tokens` [B, T] (the first T-1 predict the
+/// rest); the loss of each step. Logits are widened to float32 for the loss (a half-precision base).
+inline std::vector<double> train_next_token(peft::models::LlamaForCausalLMImpl& m, const torch::Tensor& tokens, int steps) {
+  m.train();
+  auto opt = peft::train::make_adamw(m, 1e-2);
+  const int64_t t = tokens.size(1) - 1;
+  std::vector<double> losses;
+  for (int step = 0; step < steps; ++step) {
+    opt.zero_grad();
+    auto logits = m.forward(tokens.narrow(1, 0, t));
+    auto loss = torch::cross_entropy_loss(logits.flatten(0, 1).to(torch::kFloat), tokens.narrow(1, 1, t).flatten());
+    loss.backward();
+    opt.step();
+    losses.push_back(loss.item<double>());
+  }
+  return losses;
+}
+
 }  // namespace peft_test
