@@ -6,6 +6,7 @@
 //   ./build/benchmarks/accuracy_bench                 # the full run (~30 min on 2 cores)
 //   ./build/benchmarks/accuracy_bench --quick         # every method a few steps: the CI smoke test
 
+#include "bench_program.hpp"
 #include "bench_common.hpp"
 #include "common/fashion_experiment.hpp"
 
@@ -26,6 +27,8 @@
 #include <numeric>
 #include <thread>
 
+namespace accuracy_bench {
+
 namespace {
 
 /// The starting grid of learning rates; the search widens it while the best rate sits at an edge.
@@ -36,7 +39,7 @@ std::vector<double> lr_grid(const std::string& method) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Accuracy against trainable parameters: every PEFT method vs full fine-tuning and a linear probe"};
   bool quick = false;
   std::vector<std::string> tasks = fashion::task_names(), method_names;
@@ -229,3 +232,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace accuracy_bench
+
+PEFT_BENCH_PROGRAM(accuracy_bench, "accuracy against trainable parameters on Fashion-MNIST (every method, full fine-tuning, linear probe)")

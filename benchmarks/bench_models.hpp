@@ -24,7 +24,7 @@ struct Shape {
   double dropout = -1;       // BERT's hidden and attention dropout; < 0: the config's default (0.1)
 };
 // The CPU shapes use a small vocabulary so that the encoder, not the embedding table, is what they measure.
-const std::map<std::string, Shape>& shapes() {
+inline const std::map<std::string, Shape>& shapes() {
   static const std::map<std::string, Shape> s = {{"small", {256, 4, 4, 128, 8, 2048}},
                                                  {"gemm", {1024, 2, 16, 128, 8, 2048}},
                                                  {"bert-base", {768, 12, 12, 512, 16, 30522}},
@@ -38,7 +38,7 @@ struct Model {
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&)> forward;
 };
-Model build(const Shape& sh) {
+inline Model build(const Shape& sh) {
   if (sh.llama) {
     auto c = M::LlamaConfig::tiny(sh.vocab, sh.hidden, sh.layers, sh.heads, sh.kv_heads, sh.intermediate);
     c.max_position_embeddings = std::max<int64_t>(2048, sh.seq);
@@ -59,7 +59,7 @@ struct Variant {
   std::string name;
   std::function<void(torch::nn::Module&)> setup;
 };
-std::vector<Variant> variants(bool llama) {
+inline std::vector<Variant> variants(bool llama) {
   auto with = [](auto cfg) { return [cfg](torch::nn::Module& m) { peft::attach(m, cfg); }; };
   const std::vector<std::string> qv = llama ? std::vector<std::string>{"q_proj", "v_proj"} : std::vector<std::string>{"query", "value"};
   const std::string kv = llama ? ".*\\.(k_proj|v_proj)|.*\\.down_proj" : ".*\\.(key|value)|.*layer\\.\\d+\\.output\\.dense";

@@ -14,6 +14,7 @@
 // unmerged and (LoRA, DoRA, IA3) merged; LLaMA also greedy generation of --gen-tokens after a
 // --prompt-token prompt with the KV cache, no end-of-sequence stop.
 
+#include "bench_program.hpp"
 #include <peft/peft.hpp>
 
 #include "bench_common.hpp"
@@ -30,6 +31,8 @@
 
 #include <filesystem>
 #include <thread>
+
+namespace compare_bench {
 
 namespace M = peft::models;
 
@@ -118,7 +121,7 @@ void forward(Model& m, const torch::Tensor& ids) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"One PEFT method on one Hugging Face checkpoint, timed as compare_hf_peft.py times the Python stack"};
   std::string model_dir, method = "lora_qv", device = "cpu", dtype = "float32";
   int64_t seq = 128, gen_tokens = 32, prompt = 16, memory_batch = 0;
@@ -261,3 +264,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace compare_bench
+
+PEFT_BENCH_PROGRAM(compare_bench, "one method on one Hugging Face checkpoint, timed as compare_hf_peft.py times transformers + PEFT")

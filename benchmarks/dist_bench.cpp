@@ -7,6 +7,7 @@
 //   ./build/benchmarks/dist_bench --config bert-base --seq 128 --batch 4 --methods full lora_qv
 //   scripts/peft-launch -n 2 ./build/benchmarks/dist_bench --threads 1 --label loopback ...
 
+#include "bench_program.hpp"
 #include <peft/peft.hpp>
 #include <peft/train/distributed.hpp>
 
@@ -22,7 +23,9 @@
 #include <fstream>
 #include <thread>
 
-int main(int argc, char** argv) {
+namespace dist_bench {
+
+int run(int argc, char** argv) {
   CLI::App app{"Data-parallel step time and bytes on the wire, per method"};
   std::string config = "bert-base", out, label = "run";
   std::vector<std::string> methods{"full", "lora_qv"};
@@ -104,3 +107,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace dist_bench
+
+PEFT_BENCH_PROGRAM(dist_bench, "data-parallel step time and bytes on the wire, per method")

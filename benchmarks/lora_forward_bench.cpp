@@ -3,6 +3,7 @@
 // y + s * B(A(dropout(x))) with a dropout call, separate matmuls, a scale and an add.
 // Forward and forward+backward, medians of interleaved runs.
 //   lora_forward_bench [--hidden 1024] [--tokens 2048] [--rank 8] [--reps 30]
+#include "bench_program.hpp"
 #include <peft/peft.hpp>
 
 #include <CLI/CLI.hpp>
@@ -14,7 +15,9 @@
 #include <chrono>
 #include <thread>
 
-int main(int argc, char** argv) {
+namespace lora_forward_bench {
+
+int run(int argc, char** argv) {
   int64_t d = 1024, tokens = 2048, r = 8;
   int reps = 30;
   CLI::App app{"The library's fused LoRA branch against the naive formulation"};
@@ -57,4 +60,9 @@ int main(int argc, char** argv) {
     fmt::print("{:<17} naive {:.2f} ms | library {:.2f} ms | ratio {:.3f}\n", backward ? "forward+backward" : "forward",
                tn[reps / 2], to[reps / 2], to[reps / 2] / tn[reps / 2]);
   }
+  return 0;
 }
+
+}  // namespace lora_forward_bench
+
+PEFT_BENCH_PROGRAM(lora_forward_bench, "the fused LoRA branch against the naive formulation")

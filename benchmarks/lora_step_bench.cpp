@@ -1,6 +1,7 @@
 // Training-step time of full fine-tuning against LoRA (r=8 on every Linear) on a GEMM-bound MLP stack,
 // and inference latency base / LoRA unmerged / LoRA merged. Medians of repeated runs after warm-up.
 //   lora_step_bench [--hidden 1024] [--layers 2] [--tokens 1024] [--reps 10]
+#include "bench_program.hpp"
 #include "bench_common.hpp"
 
 #include <peft/peft.hpp>
@@ -13,6 +14,8 @@
 #include <algorithm>
 #include <chrono>
 #include <thread>
+
+namespace lora_step_bench {
 
 struct StackImpl : torch::nn::Module {
   std::vector<peft::Linear> fcs;
@@ -34,7 +37,7 @@ double median_ms(F&& f, int reps) {
   return bench::median_ms(std::forward<F>(f), 2, reps);
 }
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   int64_t d = 1024, n = 2, tokens = 1024;
   int reps = 10;
   CLI::App app{"Training step and inference: full fine-tuning against LoRA (r=8, all Linear) on an MLP stack"};
@@ -75,4 +78,9 @@ int main(int argc, char** argv) {
   const double merged = median_ms([&] { lora->forward(x); }, reps);
   fmt::print("inference   base {:.1f} ms | lora unmerged {:.1f} ms ({:.3f}x) | merged {:.1f} ms ({:.3f}x)\n", base_inf,
              unmerged, unmerged / base_inf, merged, merged / base_inf);
+  return 0;
 }
+
+}  // namespace lora_step_bench
+
+PEFT_BENCH_PROGRAM(lora_step_bench, "training step and inference: full fine-tuning against LoRA on an MLP stack")

@@ -7,6 +7,7 @@
 //   ./build/benchmarks/method_bench --config gemm       # hidden 1024 x 2 layers (GEMM-bound)
 //   ./build/benchmarks/method_bench --config bert-base --device cuda
 
+#include "bench_program.hpp"
 #include <peft/peft.hpp>
 
 #include "bench_common.hpp"
@@ -34,6 +35,8 @@
 #include <functional>
 #include <map>
 #include <thread>
+
+namespace method_bench {
 
 namespace M = peft::models;
 
@@ -116,7 +119,7 @@ Floor memory_floor(torch::nn::Module& model, const Shape& sh, int64_t optimizer_
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Training-step cost of every method against full fine-tuning, and LoRA inference overhead"};
   std::string config = "small", device = "cpu", dtype = "float32", out = "benchmarks/results";
   int reps = 10, warmup = 3;
@@ -343,3 +346,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace method_bench
+
+PEFT_BENCH_PROGRAM(method_bench, "training-step time and memory of every method against full fine-tuning, LoRA inference overhead")

@@ -10,6 +10,7 @@
 // Each command: a prefill of --prompt tokens per row with the KV cache, then --steps greedy decoding
 // steps (all rows, no early stop); the reply has both times and the generated tokens.
 
+#include "bench_program.hpp"
 #include <peft/models/llama.hpp>
 #include <peft/models/pretrained.hpp>
 #include <peft/serve/adapter_pool.hpp>
@@ -25,9 +26,11 @@
 #include <sstream>
 #include <thread>
 
+namespace multi_adapter_bench {
+
 namespace M = peft::models;
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Tokens/s of a batch whose rows use different LoRA adapters (driven by multi_adapter_compare.py)"};
   std::string model_dir, adapters_dir;
   int64_t count = 128, rows = 32, prompt = 16, steps = 8;
@@ -105,3 +108,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace multi_adapter_bench
+
+PEFT_BENCH_PROGRAM(multi_adapter_bench, "tokens/s of mixed-adapter batches (driven by multi_adapter_compare.py)")

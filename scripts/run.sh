@@ -2,9 +2,10 @@
 # The README's two commands. As root on Debian bookworm:
 #   ./scripts/run.sh example     installs what is missing, builds in Release, runs the main example
 #   ./scripts/run.sh test        installs what is missing, builds, runs the whole test suite (CTest) twice:
-#                                against Debian's LibTorch 1.13 (build/) and against the pinned venv's
-#                                CUDA-enabled LibTorch 2.x (build-torch2/: also the CUDA compile; its CUDA
-#                                tests skip without a GPU)
+#                                against Debian's LibTorch 1.13 (build/: everything) and against the pinned
+#                                venv's CUDA-enabled LibTorch 2.x (build-torch2/: the library's tests, the
+#                                HF conformance tests, peft-cli and the benchmarks, also the CUDA compile;
+#                                its CUDA tests skip without a GPU). scripts/configure.sh says what each holds.
 #   ./scripts/run.sh python-env  only the pinned Python environment (.venv/: torch, transformers, peft)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ t0=$(date +%s)
 phase() { echo "== [$(($(date +%s) - t0)) s] $*"; }
 case "$what" in example|test|python-env) ;; *) echo "usage: $0 example|test|python-env" >&2; exit 2 ;; esac
 
-packages=(cmake make g++ libtorch-dev libopenblas0-openmp catch2 nlohmann-json3-dev libfmt-dev libgloo-dev libcli11-dev
+packages=(cmake make ninja-build g++ libtorch-dev libopenblas0-openmp catch2 nlohmann-json3-dev libfmt-dev libgloo-dev libcli11-dev
           zlib1g-dev dataset-fashion-mnist clang libclang-rt-14-dev python3-venv)
 missing=()
 for p in "${packages[@]}"; do
@@ -39,7 +40,7 @@ build=${PEFT_BUILD_DIR:-build}
 jobs=$(nproc)
 if [ "$what" = example ]; then
   phase "configure"
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
+  ./scripts/configure.sh debian "$build"
   phase "build"
   cmake --build "$build" -j "$jobs" --target fashion_mnist
   phase "run the example"
@@ -50,7 +51,7 @@ fi
 
 # 1. Debian's LibTorch 1.13.
 phase "configure (LibTorch 1.13, Debian)"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
+./scripts/configure.sh debian "$build"
 phase "build (LibTorch 1.13)"
 cmake --build "$build" -j "$jobs"
 phase "test (LibTorch 1.13)"
@@ -60,19 +61,10 @@ status=0
 ctest --test-dir "$build" --output-on-failure -j "$jobs" || status=1
 
 # 2. The venv's LibTorch 2.x: PyPI's wheel is built with CUDA, so this build also compiles and links
-#    everything against torch_cuda (the CUDA tests report skipped where no GPU is present).
+#    against torch_cuda (the CUDA tests report skipped where no GPU is present).
 build2=${PEFT_BUILD2_DIR:-build-torch2}
-py=.venv/bin/python
-torch_cmake=$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
-torch_root=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-cuda_args=()
-if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
-  cuda_args=(-DCMAKE_CUDA_ARCHITECTURES=90)  # no GPU to detect here: H100's sm_90
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-fi
-phase "configure (LibTorch $("$py" -c 'import torch; print(torch.__version__)'), the venv)"
-cmake -S . -B "$build2" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_root;$torch_cmake" \
-      -DTorch_DIR="$torch_cmake/Torch" -DCaffe2_DIR="$torch_cmake/Caffe2" "${cuda_args[@]}"
+phase "configure (LibTorch $(.venv/bin/python -c 'import torch; print(torch.__version__)'), the venv)"
+./scripts/configure.sh venv "$build2"
 if grep -q "^C10_CUDA_LIBRARY:FILEPATH=.*libc10_cuda" "$build2/CMakeCache.txt"; then
   echo "LibTorch 2.x build: CUDA enabled (torch_cuda linked; method_bench's CUDA memory statistics compiled)"
 else

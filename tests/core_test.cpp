@@ -1,6 +1,10 @@
 // Tunable slots, the frame, attach / matching / freezing / report, LoRA and BitFit math.
 #include "support/test_support.hpp"
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_core {
+
 using peft_test::AllClose;
 using peft_test::ToyModel;
 
@@ -543,3 +547,5 @@ TEST_CASE("training helpers: AdamW groups, warmup + cosine, evaluation, progress
   CHECK(mem.peak >= mem.current);
   CHECK(mem.current > 0);
 }
+
+}  // namespace peft_tests_core

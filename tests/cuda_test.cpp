@@ -2,20 +2,22 @@
 // merge, every model of the zoo forward and backward in fp32 and bf16, and every method attached to a
 // model that already lives on the GPU (train step, merge, save there and load on the CPU); activation
 // checkpointing, the math attention and a bf16 frozen base under float32 LoRA.
-// Where no CUDA device is present every case here prints PEFT_SKIPPED, which CTest counts as skipped.
+// Where no CUDA device is present every case here is skipped (PEFT_SKIP: the runner exits 77).
 
 #include "support/method_battery.hpp"
+
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_cuda {
 
 using namespace peft_test;
 namespace M = peft::models;
 
 namespace {
 
-bool cuda_or_skip() {
-  if (torch::cuda::is_available()) return true;
-  WARN("PEFT_SKIPPED: no CUDA device, this test needs one");
-  return false;
-}
+/// At the top of every case: skipped (exit 77) where no CUDA device is present.
+#define PEFT_NEEDS_CUDA() \
+  if (!torch::cuda::is_available()) PEFT_SKIP("no CUDA device, this test needs one")
 
 const torch::Device kCuda(torch::kCUDA);
 
@@ -98,7 +100,7 @@ std::vector<ZooCase> zoo() {
 }  // namespace
 
 TEST_CASE("CUDA: LoRA on a Linear computes what it computes on the CPU, forward and backward", "[cuda][lora]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   torch::manual_seed(30);
   torch::nn::Sequential cpu;
   cpu->push_back("fc", peft::Linear(64, 48));
@@ -125,7 +127,7 @@ TEST_CASE("CUDA: LoRA on a Linear computes what it computes on the CPU, forward 
 }
 
 TEST_CASE("CUDA: the fused RMSNorm and grouped-query attention kernels agree with the formulas", "[cuda][kernels]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   namespace F = peft::nn::functional;
   torch::manual_seed(32);
   for (auto dt : {torch::kFloat, torch::kBFloat16}) {
@@ -180,7 +182,7 @@ TEST_CASE("CUDA: the fused RMSNorm and grouped-query attention kernels agree wit
 }
 
 TEST_CASE("CUDA: make_adamw fuses its step on the GPU and steps as the CPU loop does", "[cuda][adamw]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   torch::manual_seed(33);
   torch::nn::Sequential cpu;
   cpu->push_back("fc", peft::Linear(64, 48));
@@ -211,7 +213,7 @@ TEST_CASE("CUDA: make_adamw fuses its step on the GPU and steps as the CPU loop 
 }
 
 TEST_CASE("CUDA: merging and unmerging on the GPU", "[cuda][merge]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   for (const auto& cfg : std::vector<std::shared_ptr<peft::AdapterConfig>>{
            std::make_shared<peft::LoraConfig>(peft::LoraConfig().r(4).lora_alpha(8).target_modules({"query", "value"}).init_lora_weights(false)),
            std::make_shared<peft::LoraConfig>(peft::LoraConfig().r(4).lora_alpha(8).use_dora(true).target_modules({"query", "value"})),
@@ -243,7 +245,7 @@ TEST_CASE("CUDA: merging and unmerging on the GPU", "[cuda][merge]") {
 }
 
 TEST_CASE("CUDA: every model of the zoo, forward and backward, fp32 and bf16", "[cuda][models]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   for (auto& z : zoo()) {
     INFO(z.name);
     auto& cpu = *z.cpu;
@@ -277,7 +279,7 @@ TEST_CASE("CUDA: every model of the zoo, forward and backward, fp32 and bf16", "
 }
 
 TEST_CASE("CUDA: every method attaches to a model on the GPU, trains, and saves for the CPU", "[cuda][methods]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   const auto methods = every_method_on_vit();
   for (const auto& [name, cfg] : methods) {
     INFO(name);
@@ -325,7 +327,7 @@ TEST_CASE("CUDA: every method attaches to a model on the GPU, trains, and saves 
 }
 
 TEST_CASE("CUDA: LLaMA generation with LoRA and with prefixes matches the CPU", "[cuda][generate]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   torch::manual_seed(33);
   M::LlamaForCausalLM lm(tiny_llama());
   lm->eval();
@@ -343,7 +345,7 @@ TEST_CASE("CUDA: LLaMA generation with LoRA and with prefixes matches the CPU", 
 
 TEST_CASE("CUDA: checkpointing restores the GPU's dropout draws, the lean math attention, a bf16 base under fp32 LoRA",
           "[cuda][memory]") {
-  if (!cuda_or_skip()) return;
+  PEFT_NEEDS_CUDA();
   // 1. Checkpointed gradients equal the plain ones on the GPU with dropout on (hidden, attention, LoRA):
   //    the CUDA generator's state is put back for the recompute. A fused kernel may add in another order
   //    from run to run, so the bar is float rounding; another dropout draw is off by far more (checked).
@@ -437,3 +439,5 @@ TEST_CASE("CUDA: checkpointing restores the GPU's dropout draws, the lean math a
   torch::NoGradGuard g;
   CHECK(rel_err(llama->forward(tokens), fp32_cpu->forward(tokens.cpu())) < 3e-2);
 }
+
+}  // namespace peft_tests_cuda

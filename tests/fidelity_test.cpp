@@ -7,6 +7,10 @@
 #include <fstream>
 #include <set>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_fidelity {
+
 using namespace peft_test;
 namespace M = peft::models;
 
@@ -365,3 +369,5 @@ TEST_CASE("Recipes give the papers' published settings", "[fidelity][recipes]") 
   CHECK(peft::recipes::pasta_conll().lr == 3e-3);
   CHECK_THROWS_AS(peft::recipes::pasta_glue("squad"), peft::ConfigError);
 }
+
+}  // namespace peft_tests_fidelity

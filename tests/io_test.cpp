@@ -4,6 +4,10 @@
 
 #include <cstdlib>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_io {
+
 using peft_test::AllClose;
 using peft_test::raw_safetensors;
 using peft_test::TempDir;
@@ -516,3 +520,5 @@ TEST_CASE("a method defined outside the library registers, attaches, saves and l
     }
   }
 }
+
+}  // namespace peft_tests_io

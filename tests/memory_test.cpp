@@ -9,6 +9,10 @@
 
 #include <thread>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_memory {
+
 using namespace peft_test;
 namespace M = peft::models;
 
@@ -465,3 +469,5 @@ TEST_CASE("half-precision frozen base: merging rounds once, from the float32 sum
   peft::unmerge_adapter(model);
   CHECK(rel_err(fc->weight, w16) < 1e-2);  // back up to one more rounding
 }
+
+}  // namespace peft_tests_memory

@@ -4,6 +4,10 @@
 
 #include "support/method_battery.hpp"
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_methods {
+
 using namespace peft_test;
 namespace M = peft::models;
 
@@ -235,3 +239,5 @@ TEST_CASE("every method's tuners follow the dtype and device of a model converte
     out.sum().backward();
   }
 }
+
+}  // namespace peft_tests_methods

@@ -3,6 +3,10 @@
 
 #include "support/test_support.hpp"
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_models {
+
 using namespace peft_test;
 namespace M = peft::models;
 namespace N = peft::nn;
@@ -628,3 +632,5 @@ TEST_CASE("clone keeps which parameters train: a frozen base stays frozen in eve
   peft::attach(lm, peft::IA3Config().target_modules({"k_proj", "v_proj", "down_proj"}).feedforward_modules({"down_proj"}));
   check(*lm, "LLaMA");
 }
+
+}  // namespace peft_tests_models

@@ -4,6 +4,10 @@
 
 #include "support/method_battery.hpp"
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_prompts {
+
 using namespace peft_test;
 namespace M = peft::models;
 using torch::indexing::Slice;
@@ -428,3 +432,5 @@ TEST_CASE("U-Tuning: adapter, prefix and LoRA through one interface at three gra
   }
   CHECK_THAT(l1.forward(y0), AllClose(plain1 + blk->adapter_up(torch::relu(blk->adapter_down(plain1))), 1e-5, 1e-5));
 }
+
+}  // namespace peft_tests_prompts

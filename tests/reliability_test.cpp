@@ -8,6 +8,10 @@
 #include <cmath>
 #include <set>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_reliability {
+
 using namespace peft_test;
 namespace M = peft::models;
 
@@ -431,3 +435,5 @@ TEST_CASE("LoRA bias modes: lora_only trains and saves the adapted layers' biase
     CHECK(torch::equal(fresh->forward(ids), m->forward(ids)));
   }
 }
+
+}  // namespace peft_tests_reliability

@@ -9,6 +9,10 @@
 #include <peft/serve/adapter_pool.hpp>
 #include <peft/serve/mixed_batch.hpp>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_serve {
+
 namespace M = peft::models;
 using peft_test::AllClose;
 
@@ -521,3 +525,5 @@ TEST_CASE("add_weighted_adapter: the result is an ordinary adapter (saved, loade
   CHECK_THROWS_WITH(peft::add_weighted_adapter(*lm, {"a", "dora"}, {1, 1}, "x"), Catch::Contains("DoRA"));
   CHECK(peft::adapter_config(*lm, "x") == nullptr);  // nothing was added by a refused call
 }
+
+}  // namespace peft_tests_serve

@@ -6,6 +6,10 @@
 
 #include <torch/optim/adam.h>
 
+// Everything below lives in this file's own namespace, so that the test sources can be compiled
+// together (CMake's unity build) without their helpers meeting.
+namespace peft_tests_subspace {
+
 using namespace peft_test;
 namespace M = peft::models;
 namespace S = peft::subspace;
@@ -474,3 +478,5 @@ TEST_CASE("size-matched sources: Houlsby without biases, LoRA (q, v) and a repar
   CHECK(torch::equal(a->forward(ids), b->forward(ids)));
   CHECK_FALSE(torch::equal(a->forward(ids), tiny_classifier()->forward(ids)));
 }
+
+}  // namespace peft_tests_subspace

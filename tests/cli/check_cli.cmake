@@ -55,6 +55,20 @@ if(DEFINED path_peft-cli)
   expect_refusal(peft-cli ${path_peft-cli} "expected a subcommand")
 endif()
 
+# peft-bench (every benchmark in one program) runs the benchmark its first argument names, and
+# without one lists them.
+if(DEFINED path_peft-bench)
+  execute_process(COMMAND ${path_peft-bench} lora_forward_bench --help RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                  ERROR_VARIABLE err TIMEOUT 60)
+  if(NOT rc EQUAL 0 OR NOT "${out}${err}" MATCHES "Usage:.*--hidden")
+    set(problems "${problems}\n  - peft-bench lora_forward_bench --help: exit ${rc}, not that benchmark's usage:\n${out}${err}")
+  endif()
+  execute_process(COMMAND ${path_peft-bench} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+  if(rc EQUAL 0 OR NOT "${out}${err}" MATCHES "BENCHMARK.*method_bench")
+    set(problems "${problems}\n  - peft-bench without a benchmark: exit ${rc}, no list:\n${out}${err}")
+  endif()
+endif()
+
 if(problems)
   message(FATAL_ERROR "command lines:${problems}")
 endif()

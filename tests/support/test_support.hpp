@@ -5,6 +5,7 @@
 #include <peft/peft.hpp>
 
 #include <catch2/catch.hpp>
+#include "support/skip.hpp"
 #include <torch/torch.h>
 
 #include <filesystem>
