@@ -407,7 +407,7 @@ TEST_CASE("Text data layer: splits, labels, encoding, the loader, the cache", "[
   std::ofstream(dir / "c.safetensors", std::ios::trunc) << "garbage";
   CHECK(torch::equal(T::cached(dir / "c.safetensors", "k2", make).labels, d.labels));
   CHECK(made == 3);
-  peft::save_safetensors((dir / "other.safetensors").string(), {});
+  peft::save_safetensors((dir / "other.safetensors").string(), torch::OrderedDict<std::string, torch::Tensor>{});
   CHECK_THROWS_WITH(T::TextDataset::load(dir / "other.safetensors"), Catch::Contains("other.safetensors") && Catch::Contains("input_ids"));
   fs::remove_all(dir);
 }
