@@ -33,40 +33,29 @@ mkdir -p "$root"
 for b in "${builds[@]}"; do
   dir=$root/$b
   if ((build)); then
-  rm -rf "$dir"
-  ./scripts/configure.sh "$b" "$dir" -DPEFT_CCACHE=OFF -DCMAKE_EXPORT_COMPILE_COMMANDS=ON > "$root/$b.configure.log"
-  case "$b" in
-    debian) torch="Debian's LibTorch $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null || echo '?')" ;;
-    venv) torch="the venv's LibTorch $(.venv/bin/python -c 'import torch; print(torch.__version__)')" ;;
-  esac
-  t0=$(date +%s)
-  ninja -C "$dir" -j "$(nproc)" > "$root/$b.build.log"
-  wall=$(($(date +%s) - t0))
-  {
-    echo
-    echo "## $b build: $torch"
-    echo
-    echo "wall time: $wall s ($((wall / 60)) min $((wall % 60)) s)"
-    echo
-    python3 scripts/python/build_times.py ninja "$dir"
-  } | tee -a "$summary"
+    rm -rf "$dir"
+    ./scripts/configure.sh "$b" "$dir" -DPEFT_CCACHE=OFF -DCMAKE_EXPORT_COMPILE_COMMANDS=ON > "$root/$b.configure.log"
+    case "$b" in
+      debian) torch="Debian's LibTorch $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null || echo '?')" ;;
+      venv) torch="the venv's LibTorch $(.venv/bin/python -c 'import torch; print(torch.__version__)')" ;;
+    esac
+    t0=$(date +%s)
+    ninja -C "$dir" -j "$(nproc)" > "$root/$b.build.log"
+    wall=$(($(date +%s) - t0))
+    {
+      echo
+      echo "## $b build: $torch"
+      echo
+      echo "wall time: $wall s ($((wall / 60)) min $((wall % 60)) s)"
+      echo
+      python3 scripts/python/build_times.py ninja "$dir"
+    } | tee -a "$summary"
   fi
   if ((trace)) && command -v clang++ >/dev/null; then
-    # The flags of the largest test unit, for clang (gcc-only flags dropped) and for gcc.
+    # The flags of the slowest test unit (without its output, dependency and PCH flags), for clang and gcc.
     unit=$(python3 scripts/python/build_times.py longest "$dir" 'peft_tests.dir/Unity/')
     unit=$dir/${unit%.o}
-    flags=$(python3 -c '
-import json, shlex, sys
-for c in json.load(open(sys.argv[1])):
-    if c["file"].endswith(sys.argv[2]):
-        a = shlex.split(c["command"])[1:]
-        out, skip = [], False
-        for x in a:
-            if skip: skip = False; continue
-            if x in ("-o", "-c", "-MT", "-MF", "-include"): skip = True; continue
-            if x in ("-MD", "-Winvalid-pch") or x.endswith(".cxx"): continue
-            out.append(x)
-        print(" ".join(shlex.quote(x) for x in out)); break' "$dir/compile_commands.json" "$(basename "$unit")")
+    flags=$(python3 scripts/python/build_times.py flags "$dir" "$unit")
     echo '#include <peft/peft.hpp>' > "$root/$b.header_only.cpp"
     (
       echo; echo "### where the time goes ($b)"

@@ -109,8 +109,9 @@ nlohmann::json fixture_json(const char* name) {
 
 }  // namespace
 
-// One case per tokenizer, each skipped as a whole where its files were not fetched (one case for both
-// skipped one tokenizer and checked the other, and read as skipped even when the other failed).
+// One case per tokenizer, each skipped whole where its files were not fetched (a single case for both
+// once skipped one tokenizer, checked the other, and read as skipped even when that one failed).
+
 /// Skips the running case unless the subject's tokenizer was fetched (scripts/fetch_data.sh).
 #define PEFT_NEEDS_TOKENIZER(subject)                                                                     \
   if (!fs::exists(peft::text::data_dir() / (subject).model / "tokenizer.json"))                          \
@@ -118,24 +119,22 @@ nlohmann::json fixture_json(const char* name) {
 
 void adversarial_list(const Subject& subject) {
   PEFT_NEEDS_TOKENIZER(subject);
-  {
-    const auto dir = peft::text::data_dir() / subject.model;
-    const auto want = fixture_json(subject.fixture);
-    for (const char* file : subject.files) {
-      const auto tok = peft::text::Tokenizer::from_file(dir / file);
-      CHECK((tok.wordpiece() != nullptr) == (std::string(subject.model) == "minilm"));
-      for (const auto& c : want["cases"]) {
-        const auto text = c["text"].get<std::string>();
-        const std::size_t max_length = c.value("max_length", 0);
-        INFO(subject.model << "/" << file << ": \"" << text << "\""
-                           << (c.contains("pair") ? " + \"" + c["pair"].get<std::string>() + "\"" : "") << " max_length "
-                           << max_length);
-        const auto e = c.contains("pair") ? tok.encode_pair(text, c["pair"].get<std::string>(), true, max_length)
-                                          : tok.encode(text, true, max_length);
-        CHECK(e.ids == c["ids"].get<std::vector<std::int64_t>>());
-        if (c.contains("type_ids")) CHECK(e.type_ids == c["type_ids"].get<std::vector<std::int64_t>>());
-        if (c.contains("decoded")) CHECK(tok.decode(e.ids) == c["decoded"].get<std::string>());
-      }
+  const auto dir = peft::text::data_dir() / subject.model;
+  const auto want = fixture_json(subject.fixture);
+  for (const char* file : subject.files) {
+    const auto tok = peft::text::Tokenizer::from_file(dir / file);
+    CHECK((tok.wordpiece() != nullptr) == (std::string(subject.model) == "minilm"));
+    for (const auto& c : want["cases"]) {
+      const auto text = c["text"].get<std::string>();
+      const std::size_t max_length = c.value("max_length", 0);
+      INFO(subject.model << "/" << file << ": \"" << text << "\""
+                         << (c.contains("pair") ? " + \"" + c["pair"].get<std::string>() + "\"" : "") << " max_length "
+                         << max_length);
+      const auto e = c.contains("pair") ? tok.encode_pair(text, c["pair"].get<std::string>(), true, max_length)
+                                        : tok.encode(text, true, max_length);
+      CHECK(e.ids == c["ids"].get<std::vector<std::int64_t>>());
+      if (c.contains("type_ids")) CHECK(e.type_ids == c["type_ids"].get<std::vector<std::int64_t>>());
+      if (c.contains("decoded")) CHECK(tok.decode(e.ids) == c["decoded"].get<std::string>());
     }
   }
 }
@@ -153,39 +152,37 @@ void real_corpora(const Subject& subject) {
     PEFT_SKIP("no corpora in " << peft::text::data_dir() << " (scripts/fetch_data.sh)");
   }
   PEFT_NEEDS_TOKENIZER(subject);
-  {
-    const auto dir = peft::text::data_dir() / subject.model;
-    const auto want = fixture_json(subject.fixture);
-    const auto tok = peft::text::Tokenizer::from_file(dir);
-    const std::size_t chunk = want["chunk"];
-    std::size_t texts = 0, tokens = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (const auto& corpus : want["corpora"]) {
-      const auto file = corpus["file"].get<std::string>();
-      const auto rows = corpus["kind"] == "wordnet" ? peft::text::read_wordnet_glosses(peft::text::data_dir() / file)
-                                                    : peft::text::read_labelled_csv(peft::text::data_dir() / file);
-      INFO(subject.model << " on " << file);
-      REQUIRE(rows.size() == corpus["count"].get<std::size_t>());
-      const auto digests = corpus["digests"].get<std::vector<std::string>>();
-      for (std::size_t start = 0, k = 0; start < rows.size(); start += chunk, ++k) {
-        std::uint64_t h = 0xCBF29CE484222325ULL;
-        for (std::size_t i = start; i < std::min(rows.size(), start + chunk); ++i) {
-          const auto ids = tok.encode(rows[i].text).ids;
-          tokens += ids.size();
-          h = fnv1a(ids_line(ids), h);
-        }
-        char hex[17];
-        std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-        INFO("texts " << start << ".." << std::min(rows.size(), start + chunk) - 1);
-        CHECK(std::string(hex) == digests[k]);
+  const auto dir = peft::text::data_dir() / subject.model;
+  const auto want = fixture_json(subject.fixture);
+  const auto tok = peft::text::Tokenizer::from_file(dir);
+  const std::size_t chunk = want["chunk"];
+  std::size_t texts = 0, tokens = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const auto& corpus : want["corpora"]) {
+    const auto file = corpus["file"].get<std::string>();
+    const auto rows = corpus["kind"] == "wordnet" ? peft::text::read_wordnet_glosses(peft::text::data_dir() / file)
+                                                  : peft::text::read_labelled_csv(peft::text::data_dir() / file);
+    INFO(subject.model << " on " << file);
+    REQUIRE(rows.size() == corpus["count"].get<std::size_t>());
+    const auto digests = corpus["digests"].get<std::vector<std::string>>();
+    for (std::size_t start = 0, k = 0; start < rows.size(); start += chunk, ++k) {
+      std::uint64_t h = 0xCBF29CE484222325ULL;
+      for (std::size_t i = start; i < std::min(rows.size(), start + chunk); ++i) {
+        const auto ids = tok.encode(rows[i].text).ids;
+        tokens += ids.size();
+        h = fnv1a(ids_line(ids), h);
       }
-      texts += rows.size();
+      char hex[17];
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+      INFO("texts " << start << ".." << std::min(rows.size(), start + chunk) - 1);
+      CHECK(std::string(hex) == digests[k]);
     }
-    CHECK(texts == 129609);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    WARN(subject.model << ": " << texts << " texts, " << tokens << " tokens, all equal to HF tokenizers' ("
-                       << static_cast<long>(static_cast<double>(tokens) / s) << " tokens/s with reading)");
+    texts += rows.size();
   }
+  CHECK(texts == 129609);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  WARN(subject.model << ": " << texts << " texts, " << tokens << " tokens, all equal to HF tokenizers' ("
+                     << static_cast<long>(static_cast<double>(tokens) / s) << " tokens/s with reading)");
 }
 
 TEST_CASE("Tokenizers equal HF tokenizers on every text of seven real corpora (all-MiniLM-L6-v2)", "[text]") {

@@ -3,12 +3,16 @@
 
   build_times.py ninja BUILD_DIR            per-target compile times from BUILD_DIR/.ninja_log
   build_times.py longest BUILD_DIR TEXT      the output with TEXT in its path that took longest
+  build_times.py flags BUILD_DIR SOURCE      SOURCE's compile flags (compile_commands.json) for one
+                                            more compile: no output, dependency file or prefix header
   build_times.py trace TRACE.json [N]       where a clang -ftime-trace file says the time went: the
                                             phases, the N costliest headers (inclusive) and templates
 """
 import collections
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -52,6 +56,21 @@ def ninja(build):
         print(f"| {name} | {t['units']} | {t['cpu']:.0f} | {t['longest']:.0f} | {t['pch']:.0f} |")
     print(f"| **all** | {sum(t['units'] for _, t in rows)} | **{total:.0f}** | | |")
     print(f"\nfirst step to last: {(last - first) / 1000.0:.0f} s")
+
+
+def flags(build, source):
+    with open(f"{build}/compile_commands.json") as f:
+        commands = json.load(f)
+    command = next(c["command"] for c in commands if os.path.samefile(c["file"], source))
+    out, skip = [], False
+    for x in shlex.split(command)[1:]:
+        if skip:
+            skip = False
+        elif x in ("-o", "-c", "-MT", "-MF", "-include"):
+            skip = True  # and its argument
+        elif x not in ("-MD", "-Winvalid-pch"):
+            out.append(x)
+    print(" ".join(shlex.quote(x) for x in out))
 
 
 def trace(path, n=15):
@@ -98,6 +117,8 @@ if __name__ == "__main__":
     elif len(sys.argv) == 4 and sys.argv[1] == "longest":
         steps = {o: e - s for o, (s, e) in steps_of(sys.argv[2]).items() if sys.argv[3] in o}
         print(max(steps, key=steps.get))
+    elif len(sys.argv) == 4 and sys.argv[1] == "flags":
+        flags(sys.argv[2], sys.argv[3])
     elif len(sys.argv) >= 3 and sys.argv[1] == "trace":
         trace(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 15)
     else:
